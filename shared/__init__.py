@@ -1,0 +1,1 @@
+"""The pure core and what every process of mnist-service shares."""

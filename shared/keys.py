@@ -1,0 +1,79 @@
+"""Every Redis key name of mnist-service, in one place.
+
+All keys live under one prefix (default ``mnist:``, `MNIST_KEY_PREFIX`), so several deployments
+or test runs share a Redis without touching each other. RQ's own keys (``rq:…``) are RQ's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds key names under `prefix` (which ends with ``:``)."""
+
+    prefix: str = "mnist:"
+
+    # --- model registry ---------------------------------------------------------------------
+    def models(self) -> str:
+        """Set of model names that have at least one version."""
+        return f"{self.prefix}models"
+
+    def version_counter(self, model: str) -> str:
+        """Integer counter; `INCR` hands out the model's next version number."""
+        return f"{self.prefix}model:{model}:next_version"
+
+    def versions(self, model: str) -> str:
+        """Sorted set of the model's complete versions, scored by version number."""
+        return f"{self.prefix}model:{model}:versions"
+
+    def latest(self, model: str) -> str:
+        """String: the highest complete version number."""
+        return f"{self.prefix}model:{model}:latest"
+
+    def aliases(self, model: str) -> str:
+        """Hash alias -> version number."""
+        return f"{self.prefix}model:{model}:aliases"
+
+    def blob(self, model: str, version: int) -> str:
+        """String: the version's .npz bytes."""
+        return f"{self.prefix}model:{model}:v{version}:blob"
+
+    def record(self, model: str, version: int) -> str:
+        """String: the version's JSON record (sha256, size, metadata)."""
+        return f"{self.prefix}model:{model}:v{version}:record"
+
+    def events(self) -> str:
+        """Pub/sub channel announcing published versions and alias moves."""
+        return f"{self.prefix}events"
+
+    # --- training -----------------------------------------------------------------------------
+    def checkpoint(self, job_id: str) -> str:
+        """String: the latest training checkpoint of a job (.npz bytes)."""
+        return f"{self.prefix}job:{job_id}:checkpoint"
+
+    def published(self, job_id: str) -> str:
+        """String: the version a job published, set with the version so a retry never publishes twice."""
+        return f"{self.prefix}job:{job_id}:published"
+
+    def stop(self, job_id: str) -> str:
+        """String flag: set when a running job is asked to stop between steps."""
+        return f"{self.prefix}job:{job_id}:stop"
+
+    def jobs(self) -> str:
+        """Sorted set of job ids scored by submission time (for listing)."""
+        return f"{self.prefix}jobs"
+
+    # --- datasets -----------------------------------------------------------------------------
+    def datasets(self) -> str:
+        """Hash name -> JSON info of uploaded datasets."""
+        return f"{self.prefix}datasets"
+
+    def dataset_blob(self, name: str) -> str:
+        """String: an uploaded dataset as compressed .npz bytes."""
+        return f"{self.prefix}dataset:{name}:blob"
+
+    def all_pattern(self) -> str:
+        """Glob matching every key of this prefix (for tests' cleanup)."""
+        return f"{self.prefix}*"
