@@ -1,0 +1,120 @@
+"""Tiny writers of dataset files (IDX, CSV, NPZ, archives) for tests/test_datasets.py."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+IMAGES_MAGIC = 0x00000803
+LABELS_MAGIC = 0x00000801
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+TRAIN_LABELS = "train-labels-idx1-ubyte"
+TEST_IMAGES = "t10k-images-idx3-ubyte"
+TEST_LABELS = "t10k-labels-idx1-ubyte"
+
+
+def digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return n random images (n, 784) uint8 and labels cycling through 0-9."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, 784), dtype=np.uint8)
+    y = (np.arange(n) % 10).astype(np.uint8)
+    return x, y
+
+
+def idx_images(
+    x: np.ndarray, *, count: int | None = None, magic: int = IMAGES_MAGIC, size: int = 28
+) -> bytes:
+    """Return an IDX images file: header (magic, count, rows, cols) then the pixels."""
+    n = len(x) if count is None else count
+    return struct.pack(">IIII", magic, n, size, size) + np.asarray(x, np.uint8).tobytes()
+
+
+def idx_labels(y: np.ndarray, *, count: int | None = None, magic: int = LABELS_MAGIC) -> bytes:
+    """Return an IDX labels file: header (magic, count) then the labels."""
+    n = len(y) if count is None else count
+    return struct.pack(">II", magic, n) + np.asarray(y, np.uint8).tobytes()
+
+
+def gz(data: bytes) -> bytes:
+    """Return `data` gzipped, with a fixed mtime so the bytes are reproducible."""
+    return gzip.compress(data, mtime=0)
+
+
+def idx_files(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    *,
+    gzipped: bool = True,
+) -> dict[str, bytes]:
+    """Return the IDX files of a dataset by their MNIST file names."""
+    files = {TRAIN_IMAGES: idx_images(x), TRAIN_LABELS: idx_labels(y)}
+    if x_test is not None and y_test is not None:
+        files |= {TEST_IMAGES: idx_images(x_test), TEST_LABELS: idx_labels(y_test)}
+    if gzipped:
+        return {f"{name}.gz": gz(data) for name, data in files.items()}
+    return files
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> Path:
+    """Write each named file into `folder` (created); return the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def csv_text(
+    x: np.ndarray, y: np.ndarray, *, header: bool = True, label_last: bool = False
+) -> str:
+    """Return a CSV: Kaggle's header (optional), then label and 784 pixels per row."""
+    lines = []
+    if header:
+        lines.append("label," + ",".join(f"pixel{i}" for i in range(784)))
+    for pixels, label in zip(x.tolist(), y.tolist(), strict=True):
+        cells = [*pixels, label] if label_last else [label, *pixels]
+        lines.append(",".join(map(str, cells)))
+    return "\n".join(lines) + "\n"
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """Return an .npz holding `arrays`, written with np.savez (pickling allowed, as numpy does)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def npy_with_header(shape: tuple[int, ...], payload: bytes, descr: str = "|u1") -> bytes:
+    """Return .npy bytes whose header declares `shape` whatever the payload holds."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
+    return buf.getvalue() + payload  # the header writer includes the magic
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """Return a zip archive of `members` (deflated)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def tar_bytes(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    """Return a tar archive (gzipped by default) of `members`."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:  # type: ignore[call-overload]
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
