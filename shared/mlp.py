@@ -1,0 +1,166 @@
+"""The network: a multi-layer perceptron, ReLU hidden layers, a softmax output. NumPy only.
+
+Conventions (the tutorial's, with one transposition):
+- Parameters are the list ``[W1, b1, W2, b2, …, Wk, bk]``; ``Wi`` is (out, in) as in the
+  tutorial, so W1 is hidden×784, and ``bi`` is (out,).
+- A batch is rows: X is (m, 784), the transpose of the tutorial's (784, m). Then
+  ``Zi = A(i-1)·Wiᵀ + bi`` is the tutorial's ``Wi·A(i-1) + bi`` transposed; rows keep every
+  product one contiguous sgemm and let a batch be a slice of the dataset.
+- Pixels enter as uint8 0–255 and are divided by 255 (`scale_pixels`).
+
+The tutorial's formulas, in this layout, with Y one-hot (m, 10):
+    dZk = (Ak − Y) / m            dWi = dZiᵀ·A(i-1)        dbi = Σ_rows dZi
+    dZ(i-1) = dZi·Wi ∘ ReLU′(Z(i-1))
+where dbi sums each unit over the batch (the tutorial's ``np.sum(dZ)`` sums the whole matrix:
+a known bug, not reproduced).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+
+Params = list[np.ndarray]
+Init = Literal["uniform", "he"]
+
+#: Pixels per image (28×28, row-major).
+INPUT_SIZE = 784
+#: Output classes (digits 0–9).
+CLASSES = 10
+
+
+def scale_pixels(x: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """Return uint8 (or 0–255 valued) pixels divided by 255 as `dtype`."""
+    return np.divide(x, 255, dtype=dtype)
+
+
+def init_params(
+    sizes: Sequence[int], rng: np.random.Generator, init: Init = "he", dtype: type = np.float32
+) -> Params:
+    """Return fresh parameters for layer `sizes` (e.g. (784, 10, 10)).
+
+    ``uniform`` is the tutorial's: every weight and bias uniform in [−0.5, 0.5].
+    ``he`` draws weights from N(0, 2/fan_in) and sets biases to zero (He et al. 2015).
+    """
+    if len(sizes) < 2:
+        raise ValueError(f"need at least an input and an output size, got {list(sizes)}")
+    params: Params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        if init == "uniform":
+            w = rng.uniform(-0.5, 0.5, size=(fan_out, fan_in))
+            b = rng.uniform(-0.5, 0.5, size=fan_out)
+        elif init == "he":
+            w = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)
+            b = np.zeros(fan_out)
+        else:
+            raise ValueError(f"unknown init {init!r}: expected 'uniform' or 'he'")
+        params += [w.astype(dtype), b.astype(dtype)]
+    return params
+
+
+def layer_sizes(params: Params) -> tuple[int, ...]:
+    """Return the layer sizes (input, hidden…, output) that `params` implement."""
+    return (params[0].shape[1],) + tuple(w.shape[0] for w in params[0::2])
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Return row-wise softmax of logits (m, k); never overflows (the row max is subtracted)."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+@dataclass
+class Forward:
+    """What a forward pass keeps for the backward pass and the loss.
+
+    ``activations`` is [X, A1, …, A(k-1), P]: the input, each hidden ReLU output (m, units) and
+    the softmax probabilities P (m, 10). ``shifted`` is the output logits minus their row max
+    and ``log_norm`` the log of each row's softmax denominator, so the cross-entropy is
+    ``log_norm − shifted[y]`` without ever taking log(0).
+    """
+
+    activations: list[np.ndarray]
+    shifted: np.ndarray
+    log_norm: np.ndarray
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Return the softmax output P (m, 10)."""
+        return self.activations[-1]
+
+
+def forward(params: Params, x: np.ndarray) -> Forward:
+    """Run the network on x (m, 784), already scaled; return every activation."""
+    activations = [x]
+    a = x
+    last = len(params) // 2 - 1
+    for i in range(0, len(params), 2):
+        z = a @ params[i].T
+        z += params[i + 1]
+        if i // 2 < last:
+            np.maximum(z, 0, out=z)  # ReLU in place: ReLU′(Z) is then A > 0
+            a = z
+            activations.append(a)
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    norm = p.sum(axis=1, keepdims=True)
+    p /= norm
+    activations.append(p)
+    return Forward(activations, z, np.log(norm[:, 0]))
+
+
+def cross_entropy(fwd: Forward, y: np.ndarray) -> float:
+    """Return the mean cross-entropy of labels y (m,) under a forward pass; finite always."""
+    rows = np.arange(len(y))
+    return float(np.mean(fwd.log_norm - fwd.shifted[rows, y]))
+
+
+def backward(params: Params, fwd: Forward, y: np.ndarray) -> Params:
+    """Return the gradients [dW1, db1, …] of the mean cross-entropy for labels y (m,).
+
+    Each dWi has the shape of Wi, each dbi that of bi. Uses the tutorial's formulas (module
+    docstring); the first layer's input gradient is never computed.
+    """
+    m = len(y)
+    dz = fwd.probabilities.copy()
+    dz[np.arange(m), y] -= 1  # A − Y with Y one-hot, without building Y
+    dz *= dz.dtype.type(1.0 / m)
+    grads: Params = [np.empty(0)] * len(params)
+    for i in range(len(params) - 2, -1, -2):
+        a_prev = fwd.activations[i // 2]
+        grads[i] = dz.T @ a_prev
+        grads[i + 1] = dz.sum(axis=0)
+        if i > 0:
+            da = dz @ params[i]
+            da *= a_prev > 0
+            dz = da
+    return grads
+
+
+def loss_and_gradients(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
+    """Return the mean cross-entropy on (x, y) and its gradients with respect to params."""
+    fwd = forward(params, x)
+    return cross_entropy(fwd, y), backward(params, fwd, y)
+
+
+def predict_proba(params: Params, x: np.ndarray) -> np.ndarray:
+    """Return class probabilities (m, 10) for scaled inputs x (m, 784)."""
+    return forward(params, x).probabilities
+
+
+def predict(params: Params, x: np.ndarray) -> np.ndarray:
+    """Return the most probable class (m,) for scaled inputs x (m, 784)."""
+    return predict_proba(params, x).argmax(axis=1)
+
+
+def accuracy(params: Params, x: np.ndarray, y: np.ndarray, batch: int = 8192) -> float:
+    """Return the fraction of x (m, 784), scaled, classified as y, in batches of `batch` rows."""
+    if len(y) == 0:
+        return float("nan")
+    correct = 0
+    for start in range(0, len(y), batch):
+        correct += int((predict(params, x[start : start + batch]) == y[start : start + batch]).sum())
+    return correct / len(y)
