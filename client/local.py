@@ -1,0 +1,154 @@
+"""`mnist train`, `mnist evaluate`, `mnist datasets`: the in-process commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from shared import datasets, mlp, pipeline, serialization
+from shared.training import Progress
+
+SPEC_FLAGS = (
+    "dataset",
+    "recipe",
+    "hidden",
+    "optimizer",
+    "learning_rate",
+    "batch_size",
+    "epochs",
+    "iterations",
+    "seed",
+    "weight_decay",
+    "validation_fraction",
+    "schedule",
+    "augment",
+    "patience",
+    "dtype",
+)
+
+
+def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the raw training spec that the flags describe (unset flags left out)."""
+    return {k: getattr(args, k) for k in SPEC_FLAGS if getattr(args, k, None) is not None}
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train a spec in-process, write the model file, report the metrics."""
+    spec = pipeline.load_spec(spec_from_args(args))
+    run = pipeline.prepare(spec)
+    quiet = args.json or not sys.stderr.isatty()
+    bar = tqdm(
+        total=run.trainer.total_iterations,
+        unit="step",
+        disable=quiet,
+        desc=f"train {run.dataset.name}",
+        leave=True,
+    )
+
+    def on_progress(p: Progress) -> None:
+        bar.update(p.iteration - bar.n)
+        if p.end_of_epoch:
+            postfix = {"loss": f"{p.loss:.4f}", "acc": f"{p.train_accuracy:.3f}"}
+            if p.val_accuracy is not None:
+                postfix["val"] = f"{p.val_accuracy:.3f}"
+            bar.set_postfix(postfix, refresh=False)
+
+    result = run.trainer.run(on_progress=on_progress)
+    bar.close()
+    metrics = pipeline.evaluate(run, result)
+    serialization.save_model(args.out, result.params, pipeline.model_meta(run, result, metrics))
+    summary = {
+        **metrics,
+        "out": args.out,
+        "dataset": run.dataset.name,
+        "dataset_digest": run.dataset.digest,
+        "config": run.config.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f} %"
+
+    print(f"model written to {s['out']}")
+    print(f"  train accuracy {pct(s['train_accuracy'])}  ({s['train_size']} images)")
+    print(f"  val accuracy   {pct(s['val_accuracy'])}  ({s['val_size']} images)")
+    print(f"  test accuracy  {pct(s['test_accuracy'])}  ({s['test_size']} images)")
+    print(f"  {s['seconds']:.1f} s, {s['samples_per_second']:,.0f} samples/s, {s['iterations']} steps")
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: int = mlp.CLASSES) -> np.ndarray:
+    """Return counts (classes, classes): row = true label, column = predicted label."""
+    return np.bincount(y_true * classes + y_pred, minlength=classes * classes).reshape(classes, classes)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a model file on a dataset split; print accuracy and the confusion matrix."""
+    params, meta = serialization.load_model(args.model)
+    data = datasets.load(args.dataset)
+    parts = []
+    if args.split in ("test", "all"):
+        if data.x_test is None or data.y_test is None:
+            if args.split == "test":
+                raise ValueError(f"dataset {data.name} has no test split: use --split train")
+        else:
+            parts.append((data.x_test, data.y_test))
+    if args.split in ("train", "all"):
+        parts.append((data.x_train, data.y_train))
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts]).astype(np.intp)
+    pred = np.concatenate(
+        [mlp.predict(params, mlp.scale_pixels(x[i : i + 8192], params[0].dtype)) for i in range(0, len(y), 8192)]
+    )
+    cm = confusion_matrix(y, pred)
+    report = {
+        "model": args.model,
+        "dataset": data.name,
+        "dataset_digest": data.digest,
+        "split": args.split,
+        "images": int(len(y)),
+        "accuracy": float((pred == y).mean()),
+        "per_class_accuracy": [float(cm[i, i] / max(1, cm[i].sum())) for i in range(mlp.CLASSES)],
+        "confusion_matrix": cm.tolist(),
+        "trained_on": meta.get("dataset", {}).get("name"),
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{args.model} on {data.name} ({args.split}, {len(y)} images): accuracy {100 * report['accuracy']:.2f} %")
+    print(format_confusion(cm))
+    return 0
+
+
+def format_confusion(cm: np.ndarray) -> str:
+    """Return the confusion matrix as aligned text (rows: true, columns: predicted)."""
+    width = max(4, len(str(cm.max())) + 1)
+    head = "true\\pred" + "".join(f"{c:>{width}}" for c in range(cm.shape[1]))
+    rows = [f"{r:>9}" + "".join(f"{v:>{width}}" for v in cm[r]) for r in range(cm.shape[0])]
+    return "\n".join([head, *rows])
+
+
+def datasets_command(args: argparse.Namespace) -> int:
+    """List the built-in datasets and whether each is available here."""
+    entries = datasets.catalogue()
+    if args.json:
+        print(json.dumps(entries))
+        return 0
+    for e in entries:
+        state = "available" if e.get("available") else "not available"
+        print(f"{e['name']:<15} {state:<14} {e.get('description', '')}")
+        if not e.get("available") and e.get("how_to_get"):
+            print(f"{'':<15} {e['how_to_get']}")
+    return 0
+
+
