@@ -1,0 +1,459 @@
+"""The model registry on Redis: versioned, checksummed weight blobs, aliases and change events.
+
+Every write that names a version is one Lua script, so a reader never sees a version number whose
+blob and record are not already stored, and every change is announced on `Keys.events()` as JSON
+``{"event": "published"|"alias"|"deleted", "model", "version", "alias"?, "previous"?}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NoReturn, cast
+
+import orjson
+import redis
+import redis.client
+
+from shared.errors import (
+    AliasNotFound,
+    CorruptModel,
+    InvalidInput,
+    ModelNotFound,
+    VersionInUse,
+    VersionNotFound,
+)
+from shared.keys import Keys
+
+#: Names of models and aliases: lowercase, URL- and key-safe, at most 64 characters.
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: The alias predictions use when no version is asked for.
+PRODUCTION = "production"
+#: Unaliased versions kept per model by default (see `Settings.retention`).
+DEFAULT_RETENTION = 20
+
+# Status codes the scripts return instead of raising, mapped to domain errors by `_raise`.
+_OK, _NO_MODEL, _NO_VERSION, _NO_ALIAS, _IN_USE = 0, -1, -2, -3, -4
+
+# Publish. KEYS: counter, versions, latest, models[, published]. ARGV: model, blob head, blob
+# tail, record head, record tail, blob, record JSON without its opening brace, channel.
+# The blob and record are written before anything names the version: a script that fails
+# half-way (e.g. out of memory) keeps its earlier writes, and an orphan blob is harmless.
+_PUBLISH = """
+if KEYS[5] then
+  local done = redis.call('GET', KEYS[5])
+  if done then return {tonumber(done), 0} end
+end
+local v = redis.call('INCR', KEYS[1])
+local vs = string.format('%d', v)
+redis.call('SET', ARGV[2] .. vs .. ARGV[3], ARGV[6])
+redis.call('SET', ARGV[4] .. vs .. ARGV[5], '{"version":' .. vs .. ',' .. ARGV[7])
+redis.call('ZADD', KEYS[2], v, vs)
+local cur = tonumber(redis.call('GET', KEYS[3]))
+if not cur or v > cur then redis.call('SET', KEYS[3], vs) end
+redis.call('SADD', KEYS[4], ARGV[1])
+if KEYS[5] then redis.call('SET', KEYS[5], vs) end
+redis.call('PUBLISH', ARGV[8], cjson.encode({event='published', model=ARGV[1], version=v}))
+return {v, 1}
+"""
+
+# Shared by both deleting scripts. KEYS: versions, latest, models, aliases. ARGV: model,
+# blob head, blob tail, record head, record tail, channel, then script-specific arguments.
+# The name goes first and the data second, the reverse of publishing, for the same reason.
+_DROP = """
+local function drop(vs)
+  redis.call('ZREM', KEYS[1], vs)
+  if redis.call('GET', KEYS[2]) == vs then
+    local top = redis.call('ZREVRANGE', KEYS[1], 0, 0)
+    if top[1] then redis.call('SET', KEYS[2], top[1]) else redis.call('DEL', KEYS[2]) end
+  end
+  if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
+  redis.call('DEL', ARGV[2] .. vs .. ARGV[3], ARGV[4] .. vs .. ARGV[5])
+  redis.call('PUBLISH', ARGV[6],
+    cjson.encode({event='deleted', model=ARGV[1], version=tonumber(vs)}))
+end
+local function aliased()
+  local used = {}
+  for _, x in ipairs(redis.call('HVALS', KEYS[4])) do used[x] = true end
+  return used
+end
+"""
+
+# Delete one version. ARGV[7]: the version. The counter is kept so numbers are never reused
+# (predictors cache by model and version).
+_DELETE = (
+    _DROP
+    + """
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return -1 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[7]) then return -2 end
+if aliased()[ARGV[7]] then return -4 end
+drop(ARGV[7])
+return 0
+"""
+)
+
+# Retention. ARGV[7]: how many unaliased versions to keep. Returns the deleted versions.
+_RETAIN = (
+    _DROP
+    + """
+local used = aliased()
+local latest = redis.call('GET', KEYS[2])
+local free = {}
+for _, vs in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if not used[vs] then table.insert(free, vs) end
+end
+local gone = {}
+for i = 1, #free - tonumber(ARGV[7]) do
+  if free[i] ~= latest then
+    drop(free[i])
+    table.insert(gone, tonumber(free[i]))
+  end
+end
+return gone
+"""
+)
+
+# Set or move an alias. KEYS: versions, aliases, models. ARGV: model, alias, version, channel.
+_SET_ALIAS = """
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return -1 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then return -2 end
+local prev = redis.call('HGET', KEYS[2], ARGV[2])
+if prev == ARGV[3] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], cjson.encode({event='alias', model=ARGV[1], alias=ARGV[2],
+  version=tonumber(ARGV[3]), previous=prev and tonumber(prev) or cjson.null}))
+return 0
+"""
+
+# Remove an alias. KEYS: aliases, models. ARGV: model, alias, channel.
+_DELETE_ALIAS = """
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return -1 end
+local prev = redis.call('HGET', KEYS[1], ARGV[2])
+if not prev then return -3 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], cjson.encode({event='alias', model=ARGV[1], alias=ARGV[2],
+  version=cjson.null, previous=tonumber(prev)}))
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """What the registry knows about one version besides its bytes."""
+
+    model: str
+    version: int
+    sha256: str
+    size: int
+    created_at: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as a JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> VersionRecord:
+        """Parse a stored record."""
+        data = orjson.loads(raw)
+        return cls(
+            model=data["model"],
+            version=int(data["version"]),
+            sha256=data["sha256"],
+            size=int(data["size"]),
+            created_at=data["created_at"],
+            metadata=data.get("metadata") or {},
+        )
+
+
+def check_name(name: object, what: str = "model") -> str:
+    """Return `name` if it is a safe model or alias name, else raise InvalidInput."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise InvalidInput(
+            f"invalid {what} name {name!r}: use 1-64 of a-z 0-9 . _ - starting with a letter or digit",
+            {what: ["invalid name"]},
+        )
+    if what == "alias" and name.isdigit():
+        raise InvalidInput(f"alias {name!r} is all digits: it would read as a version number")
+    return name
+
+
+def check_version(version: object) -> int:
+    """Return `version` if it is a positive int, else raise InvalidInput."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidInput(f"invalid version {version!r}: expected a positive integer")
+    return version
+
+
+def parse_event(message: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Return the event of a pub/sub message, or None for anything else (subscribe notices)."""
+    if not message or message.get("type") != "message":
+        return None
+    return orjson.loads(message["data"])
+
+
+def _split_around_version(build: Callable[[str, int], str], model: str) -> tuple[str, str]:
+    """Return (head, tail) with build(model, v) == head + str(v) + tail, for the Lua scripts."""
+    # The scripts learn the version from INCR, so they assemble per-version key names from
+    # the parts keys.py renders around it; the names themselves stay defined in one place.
+    one, two = build(model, 1), build(model, 2)
+    head = os.path.commonprefix([one, two])
+    tail = os.path.commonprefix([one[::-1], two[::-1]])[::-1]
+    if build(model, 4096) != f"{head}4096{tail}":
+        raise RuntimeError(f"cannot find the version in key {one!r}")
+    return head, tail
+
+
+def _text(raw: bytes | str) -> str:
+    """Return a Redis reply as text."""
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _int(raw: bytes | str | None) -> int | None:
+    """Return a Redis integer reply, or None."""
+    return None if raw is None else int(raw)
+
+
+class Registry:
+    """Versions, aliases and events of every model, stored under one `Keys` prefix."""
+
+    def __init__(self, redis: redis.Redis, keys: Keys, *, retention: int = DEFAULT_RETENTION) -> None:
+        """Use `redis` (binary replies: decode_responses=False) and the names of `keys`."""
+        if redis.get_connection_kwargs().get("decode_responses"):
+            raise ValueError("the registry stores bytes: use a Redis client without decode_responses")
+        if retention < 0:
+            raise ValueError(f"retention must be >= 0, got {retention}")
+        self.redis = redis
+        self.keys = keys
+        self.retention = retention
+        self._publish = redis.register_script(_PUBLISH)
+        self._delete = redis.register_script(_DELETE)
+        self._retain = redis.register_script(_RETAIN)
+        self._set_alias = redis.register_script(_SET_ALIAS)
+        self._delete_alias = redis.register_script(_DELETE_ALIAS)
+
+    # --- writing ---------------------------------------------------------------------------------
+    def publish(self, model: str, blob: bytes, metadata: dict, *, job_id: str | None = None) -> int:
+        """Store `blob` as the model's next version and return it; once per `job_id`."""
+        check_name(model)
+        if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) == 0:
+            raise InvalidInput("a model blob must be non-empty bytes")
+        if not isinstance(metadata, dict):
+            raise InvalidInput("metadata must be a JSON object")
+        blob = bytes(blob)
+        record = {
+            "model": model,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "size": len(blob),
+            "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "metadata": metadata,
+        }
+        try:
+            body = orjson.dumps(record)[1:]  # the script puts '{"version":N,' in front
+        except TypeError as exc:
+            raise InvalidInput(f"metadata is not JSON-serializable: {exc}") from exc
+        keys = [
+            self.keys.version_counter(model),
+            self.keys.versions(model),
+            self.keys.latest(model),
+            self.keys.models(),
+        ]
+        if job_id is not None:
+            if not isinstance(job_id, str) or not job_id or len(job_id) > 200:
+                raise InvalidInput(f"invalid job id {job_id!r}")
+            keys.append(self.keys.published(job_id))
+        version, created = self._publish(
+            keys=keys,
+            args=[model, *self._version_parts(model), blob, body, self.keys.events()],
+        )
+        if created:
+            self.apply_retention(model)
+        return int(version)
+
+    def set_alias(self, model: str, alias: str, version: int) -> None:
+        """Point `alias` at `version`, creating or moving it (a rollback moves it back)."""
+        check_name(model)
+        check_name(alias, "alias")
+        check_version(version)
+        status = self._set_alias(
+            keys=[self.keys.versions(model), self.keys.aliases(model), self.keys.models()],
+            args=[model, alias, version, self.keys.events()],
+        )
+        self._raise(status, model, version=version, alias=alias)
+
+    def delete_alias(self, model: str, alias: str) -> None:
+        """Remove `alias`; the version it named stays."""
+        check_name(model)
+        check_name(alias, "alias")
+        status = self._delete_alias(
+            keys=[self.keys.aliases(model), self.keys.models()],
+            args=[model, alias, self.keys.events()],
+        )
+        self._raise(status, model, alias=alias)
+
+    def delete_version(self, model: str, version: int) -> None:
+        """Delete a version's name, blob and record at once; VersionInUse while aliased."""
+        check_name(model)
+        check_version(version)
+        status = self._delete(
+            keys=self._drop_keys(model),
+            args=[model, *self._version_parts(model), self.keys.events(), version],
+        )
+        self._raise(status, model, version=version)
+
+    def apply_retention(self, model: str) -> list[int]:
+        """Delete the oldest unaliased versions beyond `retention`, never the latest; return them."""
+        check_name(model)
+        gone = self._retain(
+            keys=self._drop_keys(model),
+            args=[model, *self._version_parts(model), self.keys.events(), self.retention],
+        )
+        return [int(v) for v in gone]
+
+    # --- reading ---------------------------------------------------------------------------------
+    def get_blob(self, model: str, version: int) -> tuple[bytes, VersionRecord]:
+        """Return a version's bytes and record, after checking the bytes against its sha256."""
+        check_name(model)
+        check_version(version)
+        pipe = self.redis.pipeline()  # MULTI/EXEC: blob and record from the same moment
+        pipe.get(self.keys.record(model, version))
+        pipe.get(self.keys.blob(model, version))
+        raw, blob = pipe.execute()
+        if raw is None:
+            self._missing(model, version)
+        record = self._parse(model, version, raw)
+        if blob is None:
+            raise CorruptModel(f"{model} v{version}: the record exists but the blob is missing")
+        if len(blob) != record.size or hashlib.sha256(blob).hexdigest() != record.sha256:
+            raise CorruptModel(f"{model} v{version}: the blob does not match its sha256")
+        return blob, record
+
+    def record(self, model: str, version: int) -> VersionRecord:
+        """Return a version's record (metadata, sha256, size) without its blob."""
+        check_name(model)
+        check_version(version)
+        raw = self.redis.get(self.keys.record(model, version))
+        if raw is None:
+            self._missing(model, version)
+        return self._parse(model, version, raw)
+
+    def resolve(self, model: str, *, version: int | None = None, alias: str | None = None) -> int:
+        """Return the version asked for: `version`, else `alias`, else production, else latest."""
+        check_name(model)
+        if version is not None and alias is not None:
+            raise InvalidInput("ask for a version or an alias, not both")
+        pipe = self.redis.pipeline()
+        pipe.sismember(self.keys.models(), model)
+        if version is not None:
+            pipe.zscore(self.keys.versions(model), check_version(version))
+        else:
+            pipe.hget(self.keys.aliases(model), check_name(PRODUCTION if alias is None else alias, "alias"))
+            pipe.get(self.keys.latest(model))
+        known, *found = pipe.execute()
+        if not known:
+            raise ModelNotFound(f"model {model!r} has no published version")
+        if version is not None:
+            if found[0] is None:
+                raise VersionNotFound(f"model {model!r} has no version {version}")
+            return version
+        named, latest = (_int(x) for x in found)
+        if named is not None:
+            return named
+        if alias is not None:
+            raise AliasNotFound(f"model {model!r} has no alias {alias!r}")
+        if latest is None:
+            raise ModelNotFound(f"model {model!r} has no published version")
+        return latest
+
+    def models(self) -> list[str]:
+        """Return the names of models with at least one version, sorted."""
+        return sorted(_text(m) for m in self.redis.smembers(self.keys.models()))
+
+    def versions(self, model: str) -> list[VersionRecord]:
+        """Return the records of a model's versions, oldest first."""
+        check_name(model)
+        members = cast("list[bytes]", self.redis.zrange(self.keys.versions(model), 0, -1))
+        numbers = [int(v) for v in members]
+        if not numbers:
+            self._require_model(model)
+            return []
+        raws = self.redis.mget([self.keys.record(model, v) for v in numbers])
+        # A version deleted between the two reads is simply no longer listed.
+        return [self._parse(model, v, raw) for v, raw in zip(numbers, raws, strict=True) if raw is not None]
+
+    def latest(self, model: str) -> int | None:
+        """Return the model's highest complete version, or None if it has none."""
+        check_name(model)
+        return _int(self.redis.get(self.keys.latest(model)))
+
+    def aliases(self, model: str) -> dict[str, int]:
+        """Return the model's aliases as alias -> version."""
+        check_name(model)
+        pipe = self.redis.pipeline()
+        pipe.sismember(self.keys.models(), model)
+        pipe.hgetall(self.keys.aliases(model))
+        known, raw = pipe.execute()
+        if not known:
+            raise ModelNotFound(f"model {model!r} has no published version")
+        return {_text(a): int(v) for a, v in sorted(raw.items())}
+
+    def published_by(self, job_id: str) -> int | None:
+        """Return the version a training job published, or None if it has not."""
+        return _int(self.redis.get(self.keys.published(job_id)))
+
+    def subscribe(self) -> redis.client.PubSub:
+        """Return a PubSub subscribed to the registry's events (read them with `parse_event`)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.keys.events())
+        return pubsub
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _version_parts(self, model: str) -> list[str]:
+        """Return blob head, blob tail, record head, record tail for the scripts."""
+        return [
+            *_split_around_version(self.keys.blob, model),
+            *_split_around_version(self.keys.record, model),
+        ]
+
+    def _drop_keys(self, model: str) -> list[str]:
+        """Return the KEYS of the deleting scripts."""
+        return [
+            self.keys.versions(model),
+            self.keys.latest(model),
+            self.keys.models(),
+            self.keys.aliases(model),
+        ]
+
+    def _require_model(self, model: str) -> None:
+        """Raise ModelNotFound unless the model has a version."""
+        if not self.redis.sismember(self.keys.models(), model):
+            raise ModelNotFound(f"model {model!r} has no published version")
+
+    def _missing(self, model: str, version: int) -> NoReturn:
+        """Raise the error for a version without a record."""
+        self._require_model(model)
+        raise VersionNotFound(f"model {model!r} has no version {version}")
+
+    @staticmethod
+    def _parse(model: str, version: int, raw: bytes | str) -> VersionRecord:
+        """Parse a stored record, or raise CorruptModel."""
+        try:
+            return VersionRecord.from_json(raw)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CorruptModel(f"{model} v{version}: unreadable record ({exc})") from exc
+
+    @staticmethod
+    def _raise(status: int, model: str, *, version: int | None = None, alias: str = "") -> None:
+        """Turn a script's status code into the domain error it stands for."""
+        if status == _NO_MODEL:
+            raise ModelNotFound(f"model {model!r} has no published version")
+        if status == _NO_VERSION:
+            raise VersionNotFound(f"model {model!r} has no version {version}")
+        if status == _NO_ALIAS:
+            raise AliasNotFound(f"model {model!r} has no alias {alias!r}")
+        if status == _IN_USE:
+            raise VersionInUse(f"{model} v{version} is aliased: move or delete the alias first")
