@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c co
 # Where Debian's dataset-fashion-mnist puts the 70,000 images.
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install test test-fast demo up bench lint lock clean system-data
+.PHONY: help install test demo up bench lint lock clean system-data
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test: install  ## run the whole test suite (needs Redis on REDIS_URL or 127.0.0.
 demo: install  ## train the default recipe on mnist-sample and evaluate it on held-out digits
 	$(BIN)/mnist train --dataset mnist-sample --out demo-model.npz
 	$(BIN)/mnist evaluate --model demo-model.npz --dataset mnist-sample
+
+up: install  ## run the local stack (gunicorn, 2 training workers, Redis if none answers)
+	$(BIN)/mnist up --port 8000 --workers 2
 
 bench: install  ## benchmarks (installs the optional PyTorch extra for the comparison)
 	-$(PIP) -e '.[dev,bench]'

@@ -55,7 +55,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every `mnist` subcommand."""
-    from client import local
+    from client import local, up
 
     parser = _Parser(prog="mnist", description="Train, serve and query a NumPy digit classifier.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["test", "train", "all"], default="test")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(run=local.evaluate)
+
+    up_parser = sub.add_parser("up", help="run the whole stack locally (web, workers, Redis if needed)")
+    up_parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    up_parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    up_parser.add_argument("--workers", type=int, default=2, help="training workers (default 2)")
+    up_parser.set_defaults(run=up.command)
 
     datasets = sub.add_parser("datasets", help="list the built-in datasets")
     datasets.add_argument("--json", action="store_true")

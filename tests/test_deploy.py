@@ -1,0 +1,182 @@
+"""Deployment: the compose file against the Compose specification, the Procfile as its source of
+truth, and `mnist up` starting and stopping the whole stack without leaving a process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from honcho.environ import parse_procfile
+
+from tests.live_fixtures import ROOT, descendants, free_port
+
+COMPOSE = ROOT / "docker-compose.yml"
+PROCFILE = ROOT / "Procfile"
+MNIST = Path(sys.executable).parent / "mnist"
+
+
+def load_compose() -> dict:
+    """Return docker-compose.yml parsed (ruamel.yaml, which check-jsonschema already brings)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe").load(COMPOSE.read_text())
+
+
+def test_compose_file_passes_the_compose_specification_schema() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_runs_the_procfile_commands() -> None:
+    procfile = parse_procfile(PROCFILE.read_text()).processes
+    services = load_compose()["services"]
+    ours = {name: s for name, s in services.items() if s.get("image", "").startswith("mnist-service")}
+    assert set(ours) == {"api", "worker", "predictor"}
+    assert ours["api"]["command"] == procfile["web"]
+    assert ours["predictor"]["command"] == procfile["web"]
+    assert ours["worker"]["command"] == procfile["worker"]
+    assert set(procfile) == {"web", "worker"}
+
+
+def test_compose_keeps_redis_private_persistent_and_healthy() -> None:
+    services = load_compose()["services"]
+    redis = services["redis"]
+    assert "ports" not in redis
+    assert "--appendonly" in redis["command"] and "yes" in redis["command"]
+    assert any(v.startswith("redis-data:") for v in redis["volumes"])
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "MNIST_API_TOKEN" in services[name]["environment"]
+        assert services[name]["environment"]["MNIST_API_TOKEN"].startswith("${MNIST_API_TOKEN:?")
+    assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert services["predictor"]["environment"]["MNIST_ROLE"] == "predictor"
+
+
+def _start_up(env: dict[str, str], port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(MNIST), "up", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("mnist up did not serve /healthz in time")
+
+
+def _argv0(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")[0].decode()
+    except OSError:
+        return ""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\x00", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):
+                    continue  # a zombie is dead, only not reaped yet
+            alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_mnist_up_serves_and_leaves_no_process_behind(sig: int, stack_env, tmp_path: Path) -> None:
+    port = free_port()
+    env = stack_env.environ()
+    proc = _start_up(env, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(proc, url)
+        # The web process answers and the two training workers registered with RQ.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            tree = descendants(proc.pid)
+            if len([p for p in tree if _cmdline(p).endswith("-m worker")]) >= 2:
+                break
+            time.sleep(0.2)
+        tree = descendants(proc.pid)
+        assert len(tree) >= 5  # gunicorn master + 2 workers, 2 RQ workers (plus shells)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    deadline = time.monotonic() + 10
+    while _alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _alive(tree) == [], f"left behind: {_alive(tree)}\n{out}"
+    assert "token" in out and url in out
+
+
+@pytest.mark.slow
+def test_mnist_up_starts_a_private_redis_when_none_answers(stack_env, tmp_path: Path) -> None:
+    port = free_port()
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    env = stack_env.environ(REDIS_URL=dead)
+    proc = _start_up(env, port)
+    try:
+        _wait_ready(proc, f"http://127.0.0.1:{port}")
+        ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
+        assert ready["redis"] is True
+        tree = descendants(proc.pid)
+        redis_pids = [p for p in tree if "redis-server" in _argv0(p)]
+        assert redis_pids, "no private redis-server among the children"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "starting a private redis-server" in out
+    time.sleep(0.5)
+    assert _alive(redis_pids) == []
+
+
+def test_mnist_up_explains_how_to_get_redis(stack_env, tmp_path: Path) -> None:
+    env = stack_env.environ(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", PATH="/nonexistent")
+    result = subprocess.run(
+        [sys.executable, "-m", "client.cli", "up", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert "redis-server is not installed" in result.stderr
+    assert "Traceback" not in result.stderr
