@@ -30,6 +30,7 @@ class Settings:
     key_prefix: str = _env_field("MNIST_KEY_PREFIX", DEFAULT_KEY_PREFIX, "prefix of every key")
     queue: str = _env_field("MNIST_QUEUE", DEFAULT_QUEUE, "RQ queue of training jobs")
     env: str = _env_field("MNIST_ENV", "production", "production or development")
+    role: str = _env_field("MNIST_ROLE", "all", "all (every route) or predictor (predict + health)")
     api_token: str = _env_field("MNIST_API_TOKEN", "", "bearer token for writes (required)")
     predict_token: str = _env_field("MNIST_PREDICT_TOKEN", "", "bearer token for predictions")
     # Training jobs.

@@ -72,7 +72,8 @@ class VersionInUse(MnistError):
 class CorruptModel(MnistError):
     """A stored blob whose sha256 does not match its record, or that does not parse."""
 
-    status = 500
+    # A known server-side fault, not a bug: 503 keeps 500 for the unexpected (and alerts).
+    status = 503
 
 
 class JobNotFound(MnistError):

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.redis_fixtures", "tests.live_fixtures"]

@@ -1,0 +1,111 @@
+"""The HTTP service: `create_app(config=None)` builds the Flask app (served by gunicorn).
+
+Settings come from their defaults, then the environment (`Settings.from_env`), then `config`:
+lower-case keys override `Settings` fields, upper-case keys go to `app.config` as they are.
+Redis, the registry, the jobs queue, the dataset store and the model cache live in
+``app.extensions["mnist"]`` (see context.py); one blueprint per resource.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Mapping
+
+import redis
+import swagger_ui_bundle
+from flask import Flask, send_from_directory
+from flask_smorest import Api
+
+from services.api import errors, metrics
+from services.api.context import EXTENSION, Services
+from shared.config import Settings
+from shared.dataset_store import DatasetStore
+from shared.jobs import Jobs
+from shared.keys import Keys
+from shared.registry import Registry
+
+log = logging.getLogger(__name__)
+
+#: Service version reported by /v2 and the OpenAPI document.
+VERSION = "0.1.0"
+#: Seconds a Redis command may take before the request falls back or fails (never hangs).
+REDIS_SOCKET_TIMEOUT = 2.0
+
+DEFAULTS: dict[str, Any] = {
+    "API_TITLE": "mnist-service",
+    "API_VERSION": VERSION,
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "docs",
+    # Served from the swagger-ui-bundle package: the docs page works offline.
+    "OPENAPI_SWAGGER_UI_URL": "/docs/static/",
+    "API_SPEC_OPTIONS": {
+        "info": {"description": "Train a NumPy digit classifier on RQ workers and serve its versions."},
+        "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+    },
+    "JSON_SORT_KEYS": False,
+    # Start the model cache's watcher (pub/sub + poll); tests of other parts may turn it off.
+    "MODEL_WATCHER": True,
+}
+
+
+def _settings(config: Mapping[str, Any] | None) -> Settings:
+    settings = Settings.from_env()
+    names = {f.name for f in dataclasses.fields(Settings)}
+    overrides = {k: v for k, v in (config or {}).items() if k in names}
+    return dataclasses.replace(settings, **overrides)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Return the configured app; refuses to start without MNIST_API_TOKEN outside development."""
+    from services.predictor import cache as model_cache
+    from services.predictor import v1, v2
+
+    from . import datasets, health, jobs, models
+
+    settings = _settings(config)
+    if settings.role not in ("all", "predictor"):
+        raise RuntimeError(f"MNIST_ROLE={settings.role!r}: expected 'all' or 'predictor'")
+    settings.require_token()
+    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.config.update(DEFAULTS)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config.update({k: v for k, v in (config or {}).items() if k.isupper()})
+
+    conn = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+    )
+    keys = Keys(settings.key_prefix)
+    registry = Registry(conn, keys, retention=settings.retention)
+    cache = model_cache.ModelCache(registry, settings)
+    app.extensions[EXTENSION] = Services(
+        settings=settings,
+        redis=conn,
+        keys=keys,
+        registry=registry,
+        jobs=Jobs(conn, settings),
+        datasets=DatasetStore(conn, keys),
+        cache=cache,
+    )
+
+    api = Api(app)
+    blueprints = [v1.blp, v2.blp, health.blp]
+    if settings.role != "predictor":  # the predictor role serves predictions and health only
+        blueprints = [jobs.blp, models.blp, datasets.blp, *blueprints]
+    for blueprint in blueprints:
+        api.register_blueprint(blueprint)
+    errors.register(app)
+    metrics.install(app)
+
+    @app.get("/docs/static/<path:filename>")
+    def _swagger_static(filename: str):
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
+
+    if app.config["MODEL_WATCHER"]:
+        cache.start()
+    return app

@@ -1,0 +1,46 @@
+"""Bearer tokens: writes need MNIST_API_TOKEN; predictions need MNIST_PREDICT_TOKEN when it is set.
+
+Tokens are compared with `hmac.compare_digest`, in constant time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from typing import Any, Callable, TypeVar
+
+from flask import request
+
+from services.api.context import services
+from shared.errors import Forbidden, Unauthorized
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _check(expected: str) -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("this route needs 'Authorization: Bearer <token>'")
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise Forbidden("the bearer token is not valid")
+
+
+def write_token_required(view: F) -> F:
+    """Refuse the request unless it carries the API token (not enforced in development without one)."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        settings = services().settings
+        if settings.api_token or not settings.development:
+            _check(settings.api_token)
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def check_predict_token() -> None:
+    """Refuse a prediction without the predict token, when one is configured."""
+    expected = services().settings.predict_token
+    if expected:
+        _check(expected)

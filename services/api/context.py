@@ -1,0 +1,39 @@
+"""What a running app holds: settings and the objects built from them, in `app.extensions`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import redis
+from flask import current_app
+
+from shared.config import Settings
+from shared.dataset_store import DatasetStore
+from shared.jobs import Jobs
+from shared.keys import Keys
+from shared.registry import Registry
+
+if TYPE_CHECKING:
+    from services.predictor.cache import ModelCache
+
+#: Key of the services in `app.extensions`.
+EXTENSION = "mnist"
+
+
+@dataclass
+class Services:
+    """The app's connections and components; one per process."""
+
+    settings: Settings
+    redis: redis.Redis
+    keys: Keys
+    registry: Registry
+    jobs: Jobs
+    datasets: DatasetStore
+    cache: "ModelCache"
+
+
+def services() -> Services:
+    """Return the current app's services."""
+    return current_app.extensions[EXTENSION]

@@ -1,0 +1,170 @@
+"""Datasets: the built-in catalogue, and uploads kept in Redis that workers train on by name.
+
+An upload's format comes from ``?format=`` (npz, csv, idx), else from an unambiguous
+Content-Type (``text/csv``, ``application/x-npz``), else from the uploaded file's name
+(multipart), else from its first bytes: a zip holding only ``.npy`` members is an NPZ, any other
+zip or a tar (gzipped or not) is an IDX archive, and anything else is read as CSV (gzipped or not).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+import zlib
+from typing import Any
+
+from flask import request, url_for
+from flask_smorest import Blueprint
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from services.api.context import services
+from services.api.schemas import LOCATION, VALIDATION_STATUS, DatasetSchema, UploadQuerySchema, write_access
+from shared import datasets
+from shared.errors import DatasetExists, InvalidInput, PayloadTooLarge
+from shared.registry import check_name
+
+blp = Blueprint("datasets", __name__, url_prefix="/v1/datasets", description="Built-in and uploaded datasets")
+
+#: Upload formats implied by a Content-Type alone.
+CONTENT_TYPES = {"text/csv": "csv", "application/csv": "csv", "application/x-npz": "npz"}
+#: Upload formats implied by a file name's ending (multipart uploads).
+EXTENSIONS = {".npz": "npz", ".csv": "csv", ".csv.gz": "csv", ".tar": "idx", ".tar.gz": "idx", ".tgz": "idx"}
+#: Bytes of a gzip stream inflated to recognise a tar inside (its header is 512 bytes).
+SNIFF_BYTES = 512
+
+
+def _check(name: str) -> str:
+    return check_name(name, "dataset")
+
+
+def _builtin(entry: dict[str, Any]) -> dict[str, Any]:
+    return {**entry, "kind": "builtin", "digest": None}
+
+
+def _uploaded(info: dict[str, Any]) -> dict[str, Any]:
+    return {**info, "kind": "uploaded", "available": True, "default": False}
+
+
+def _sniff(data: bytes) -> str:
+    """Guess the format of an upload from its first bytes (see the module docstring)."""
+    if data[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                names = [n for n in zf.namelist() if not n.endswith("/")]
+        except zipfile.BadZipFile:
+            return "idx"  # the IDX reader names the problem
+        return "npz" if names and all(n.endswith(".npy") for n in names) else "idx"
+    head = data
+    if data[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[: 64 * 1024], SNIFF_BYTES)
+        except zlib.error:
+            return "csv"  # the CSV reader names the problem
+    return "idx" if head[257:262] == b"ustar" else "csv"
+
+
+def _kind(data: bytes, requested: str | None, filename: str | None) -> str:
+    if requested:
+        return requested
+    if request.mimetype in CONTENT_TYPES:
+        return CONTENT_TYPES[request.mimetype]
+    lower = (filename or "").lower()
+    for ending, kind in sorted(EXTENSIONS.items(), key=lambda e: -len(e[0])):
+        if lower.endswith(ending):
+            return kind
+    return _sniff(data)
+
+
+def _read_upload(limit: int) -> tuple[bytes, str | None]:
+    """Return the uploaded bytes and file name (a raw body, or a form's `file`); 413 above `limit`."""
+    # One byte above the limit: werkzeug ends a body without Content-Length silently *at* its
+    # maximum, so the extra byte is how an oversized chunked upload shows itself.
+    request.max_content_length = limit + 1
+    too_large = PayloadTooLarge(f"the upload is larger than {limit:,} bytes (MNIST_MAX_DATASET_BYTES)")
+    try:
+        if request.mimetype == "multipart/form-data":
+            upload = request.files.get("file")
+            if request.stream.tell() > limit:
+                raise too_large
+            if upload is None:
+                raise InvalidInput("a multipart upload needs its dataset in a field named 'file'")
+            return upload.read(), upload.filename
+        data = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise too_large from None
+    if len(data) > limit:
+        raise too_large
+    return data, None
+
+
+@blp.route("", methods=["GET"])
+@blp.response(200, DatasetSchema(many=True), description="built-ins first, then uploads by name")
+def list_datasets() -> list[dict[str, Any]]:
+    """List the built-in datasets (with availability) and the uploaded ones."""
+    builtins = [_builtin(e) for e in datasets.catalogue()]
+    return builtins + [_uploaded(i) for i in services().datasets.list()]
+
+
+@blp.route("/<name>", methods=["GET"])
+@blp.response(200, DatasetSchema)
+@blp.alt_response(400, response="BAD_REQUEST", description="not a valid dataset name")
+@blp.alt_response(404, response="NOT_FOUND")
+def get_dataset(name: str) -> dict[str, Any]:
+    """Describe one dataset, built-in or uploaded."""
+    _check(name)
+    for entry in datasets.catalogue():
+        if entry["name"] == name:
+            return _builtin(entry)
+    return _uploaded(services().datasets.info(name))
+
+
+@blp.route("/<name>", methods=["POST"])
+@write_access(blp)
+@blp.arguments(UploadQuerySchema, location="query", error_status_code=VALIDATION_STATUS)
+@blp.response(
+    201, DatasetSchema, description="stored; jobs train on it by name", headers={"Location": LOCATION}
+)
+@blp.alt_response(400, response="BAD_REQUEST", description="not a valid dataset file, with the reason")
+@blp.alt_response(409, response="CONFLICT", description="a built-in or already uploaded name")
+@blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE", description="above MNIST_MAX_DATASET_BYTES")
+@blp.doc(
+    requestBody={
+        "required": True,
+        "description": "the dataset file as the raw body, or as the `file` field of a form",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "text/csv": {"schema": {"type": "string"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+    }
+)
+def upload(query: dict[str, Any], name: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Upload an NPZ, a CSV, or a zip/tar of IDX files as dataset `name`."""
+    _check(name)
+    store = services().datasets
+    if name in datasets.BUILTIN_NAMES:
+        raise DatasetExists(f"{name!r} is a built-in dataset name: choose another")
+    if store.exists(name):
+        raise DatasetExists(f"a dataset named {name!r} is already uploaded: delete it first")
+    # Only now is the body read: a refused upload is not read at all.
+    data, filename = _read_upload(services().settings.max_dataset_bytes)
+    if not data:
+        raise InvalidInput("the body is empty: send the dataset file")
+    parsed = datasets.parse_bytes(name, data, _kind(data, query.get("format"), filename))
+    info = store.put(parsed, replace=False)
+    return _uploaded(info), 201, {"Location": url_for("datasets.get_dataset", name=name)}
+
+
+@blp.route("/<name>", methods=["DELETE"])
+@write_access(blp)
+@blp.response(204)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT", description="built-in datasets cannot be deleted")
+def delete_dataset(name: str) -> None:
+    """Delete an uploaded dataset (jobs already running keep their copy)."""
+    _check(name)
+    if name in datasets.BUILTIN_NAMES:
+        raise DatasetExists(f"{name!r} is a built-in dataset: it cannot be deleted")
+    services().datasets.delete(name)

@@ -1,0 +1,103 @@
+"""Prometheus metrics, correct under several gunicorn worker processes.
+
+With `PROMETHEUS_MULTIPROC_DIR` set (gunicorn_conf.py and `mnist up` set it), each process
+writes its samples to files there and `/metrics` merges them; without it (tests with
+`app.test_client()`), the default in-process registry is used. The environment variable must
+be set before this module is imported, which is why gunicorn's config sets it first.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REQUESTS = Counter(
+    "mnist_http_requests_total", "HTTP requests by route, method and status", ["route", "method", "status"]
+)
+LATENCY = Histogram(
+    "mnist_http_request_duration_seconds",
+    "HTTP request latency by route and method, in seconds",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+IMAGES = Counter("mnist_images_predicted_total", "Images classified, by model", ["model"])
+MODEL_VERSION = Gauge(
+    "mnist_model_version_served",
+    "Version each process serves by default for a model (0 = none loaded)",
+    ["model"],
+    multiprocess_mode="liveall",
+)
+RELOADS = Counter("mnist_model_reloads_total", "Model loads by outcome (ok, corrupt, error)", ["model", "outcome"])
+RELOAD_SECONDS = Histogram(
+    "mnist_model_reload_duration_seconds",
+    "Time to fetch, verify, parse and warm up a model version, in seconds",
+    ["model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+class JobsCollector(Collector):
+    """Counts training jobs by state at scrape time, from Redis (one process answers, no files)."""
+
+    def __init__(self, count_jobs) -> None:  # count_jobs: () -> dict[str, int]
+        self.count_jobs = count_jobs
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        """Yield the mnist_jobs gauge; nothing when Redis does not answer."""
+        try:
+            counts = self.count_jobs()
+        except Exception:  # a scrape must not fail because Redis is away
+            return
+        family = GaugeMetricFamily("mnist_jobs", "Training jobs by state", labels=["state"])
+        for state, n in sorted(counts.items()):
+            family.add_metric([state], n)
+        yield family
+
+
+def multiprocess_dir() -> str | None:
+    """Return the multiprocess directory when running under several processes."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def render(count_jobs) -> Response:
+    """Return the /metrics response: this process's or all processes' samples, plus job counts."""
+    if multiprocess_dir():
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        body = generate_latest(merged)
+    else:
+        body = generate_latest(REGISTRY)
+    jobs = CollectorRegistry()
+    jobs.register(JobsCollector(count_jobs))
+    return Response(body + generate_latest(jobs), mimetype=CONTENT_TYPE_LATEST)
+
+
+def install(app: Flask) -> None:
+    """Time every request and count it by route template (not raw path: bounded label values)."""
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _record(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        LATENCY.labels(route, request.method).observe(elapsed)
+        return response

@@ -1,0 +1,186 @@
+"""The model registry: models, versions with their lineage, weights, and aliases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, request, url_for
+from flask_smorest import Blueprint
+
+from services.api.context import services
+from services.api.schemas import (
+    VALIDATION_STATUS,
+    AliasBodySchema,
+    AliasSchema,
+    ModelSchema,
+    ModelSummarySchema,
+    VersionSchema,
+    json_body,
+    write_access,
+)
+from shared.errors import ModelNotFound
+from shared.registry import VersionRecord, check_name
+
+blp = Blueprint("models", __name__, url_prefix="/v1/models", description="The model registry")
+
+#: Input and output layer widths of every network (784 pixels in, 10 classes out).
+INPUTS, OUTPUTS = 784, 10
+
+
+def _by_version(aliases: dict[str, int]) -> dict[int, list[str]]:
+    named: dict[int, list[str]] = {}
+    for alias, version in aliases.items():
+        named.setdefault(version, []).append(alias)
+    return named
+
+
+def _summary(record: VersionRecord, aliases: list[str]) -> dict[str, Any]:
+    meta = record.metadata
+    return {
+        "version": record.version,
+        "created_at": record.created_at,
+        "sha256": record.sha256,
+        "size": record.size,
+        "aliases": sorted(aliases),
+        "job_id": meta.get("job_id"),
+        "dataset": meta.get("dataset"),
+        "metrics": meta.get("metrics") or {},
+    }
+
+
+def _detail(record: VersionRecord, aliases: list[str]) -> dict[str, Any]:
+    meta = record.metadata
+    config = meta.get("config") or {}
+    hidden = config.get("hidden")
+    architecture: dict[str, Any] = {"sizes": [INPUTS, *hidden, OUTPUTS]} if isinstance(hidden, list) else {}
+    if architecture:
+        architecture.update(hidden_activation="relu", output_activation="softmax", dtype=config.get("dtype"))
+    return {
+        **_summary(record, aliases),
+        "model": record.model,
+        "architecture": architecture,
+        "history": meta.get("history") or [],
+        "lineage": {
+            "job_id": meta.get("job_id"),
+            "dataset": meta.get("dataset"),
+            "recipe": meta.get("recipe"),
+            "config": config,
+            "spec": meta.get("spec"),
+        },
+        "weights_url": url_for("models.weights", model=record.model, version=record.version),
+    }
+
+
+@blp.route("", methods=["GET"])
+@blp.response(200, ModelSummarySchema(many=True))
+def list_models() -> list[dict[str, Any]]:
+    """List the models with their latest version, aliases and number of versions."""
+    ctx = services()
+    registry = ctx.registry
+    found = []
+    for name in registry.models():
+        try:
+            aliases = registry.aliases(name)
+        except ModelNotFound:
+            continue  # its last version was deleted since the listing
+        # A count, not the records: one unreadable record must not take the whole listing down.
+        count = ctx.redis.zcard(ctx.keys.versions(name))
+        found.append({"name": name, "latest": registry.latest(name), "versions": count, "aliases": aliases})
+    return found
+
+
+@blp.route("/<model>", methods=["GET"])
+@blp.response(200, ModelSchema)
+@blp.alt_response(400, response="BAD_REQUEST", description="not a valid model name")
+@blp.alt_response(404, response="NOT_FOUND")
+def get_model(model: str) -> dict[str, Any]:
+    """Return a model: its versions (oldest first) with metrics, and its aliases."""
+    registry = services().registry
+    records = registry.versions(model)
+    aliases = registry.aliases(model)
+    named = _by_version(aliases)
+    return {
+        "name": model,
+        "latest": registry.latest(model),
+        "aliases": aliases,
+        "versions": [_summary(r, named.get(r.version, [])) for r in records],
+    }
+
+
+@blp.route("/<model>/versions/<int:version>", methods=["GET"])
+@blp.response(200, VersionSchema)
+@blp.alt_response(400, response="BAD_REQUEST")
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(503, response="SERVICE_UNAVAILABLE", description="the stored record is unreadable")
+def get_version(model: str, version: int) -> dict[str, Any]:
+    """Return one version: metrics, learning curve and lineage (job, dataset digest, recipe)."""
+    registry = services().registry
+    record = registry.record(model, version)
+    return _detail(record, _by_version(registry.aliases(model)).get(version, []))
+
+
+@blp.route("/<model>/versions/<int:version>/weights", methods=["GET"])
+@blp.response(
+    200,
+    {"type": "string", "format": "binary"},
+    content_type="application/octet-stream",
+    description="the model file (.npz); its ETag is its sha256",
+    headers={"ETag": {"description": "sha256 of the file", "schema": {"type": "string"}}},
+)
+@blp.alt_response(304, description="unchanged (If-None-Match)")
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(503, response="SERVICE_UNAVAILABLE", description="the stored blob failed its checksum")
+def weights(model: str, version: int) -> Response:
+    """Download a version's model file, checked against its sha256 first."""
+    blob, record = services().registry.get_blob(model, version)
+    response = Response(blob, mimetype="application/octet-stream")
+    response.headers["Content-Disposition"] = f'attachment; filename="{model}-v{version}.npz"'
+    response.set_etag(record.sha256)
+    response.make_conditional(request)  # 304 when If-None-Match names this sha256
+    return response
+
+
+@blp.route("/<model>/versions/<int:version>", methods=["DELETE"])
+@write_access(blp)
+@blp.response(204)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT", description="an alias points at the version")
+def delete_version(model: str, version: int) -> None:
+    """Delete a version (refused while an alias points at it)."""
+    services().registry.delete_version(model, version)
+
+
+@blp.route("/<model>/aliases/<alias>", methods=["PUT"])
+@write_access(blp)
+@json_body
+@blp.arguments(AliasBodySchema, error_status_code=VALIDATION_STATUS)
+@blp.response(200, AliasSchema)
+@blp.alt_response(400, response="BAD_REQUEST")
+@blp.alt_response(404, response="NOT_FOUND", description="no such model or version")
+@blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
+def set_alias(body: dict[str, Any], model: str, alias: str) -> dict[str, Any]:
+    """Point an alias at a version, creating or moving it (moving it back is a rollback)."""
+    registry = services().registry
+    check_name(alias, "alias")
+    previous = registry.aliases(model).get(alias)
+    registry.set_alias(model, alias, body["version"])
+    return {"model": model, "alias": alias, "version": body["version"], "previous": previous}
+
+
+@blp.route("/<model>/aliases/<alias>", methods=["GET"])
+@blp.response(200, AliasSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+def get_alias(model: str, alias: str) -> dict[str, Any]:
+    """Return the version an alias points at."""
+    registry = services().registry
+    check_name(alias, "alias")
+    return {"model": model, "alias": alias, "version": registry.resolve(model, alias=alias)}
+
+
+@blp.route("/<model>/aliases/<alias>", methods=["DELETE"])
+@write_access(blp)
+@blp.response(204)
+@blp.alt_response(404, response="NOT_FOUND")
+def delete_alias(model: str, alias: str) -> None:
+    """Remove an alias; the version it named stays."""
+    services().registry.delete_alias(model, alias)

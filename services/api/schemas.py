@@ -1,0 +1,217 @@
+"""Request and response schemas of the HTTP API, and the decorators that document writes.
+
+The training spec itself is `shared.schemas.TrainingSpecSchema`; `JobSpecSchema` narrows it for
+HTTP (a dataset is a name, never a server path). Response schemas drive both the OpenAPI
+document and what a view returns: fields not declared here are not sent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import request
+from flask_smorest import Blueprint
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from services.api.auth import write_token_required
+from shared.datasets import UPLOAD_KINDS
+from shared.errors import InvalidInput, UnsupportedMediaType
+from shared.jobs import JobState
+from shared.schemas import TrainingSpecSchema, name_field
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Status of a request whose body or query fails validation (webargs' default is 422).
+VALIDATION_STATUS = 400
+#: OpenAPI description of the Location header of a created resource.
+LOCATION = {"description": "URL of the new resource", "schema": {"type": "string"}}
+#: Most jobs one `GET /v1/jobs` returns.
+MAX_JOB_LIST = 500
+
+
+def write_access(blp: Blueprint) -> Callable[[F], F]:
+    """Require the API token on a route and document it (bearerAuth, 401, 403)."""
+
+    def decorator(view: F) -> F:
+        guarded = write_token_required(view)
+        guarded = blp.alt_response(401, response="UNAUTHORIZED")(guarded)
+        guarded = blp.alt_response(403, response="FORBIDDEN")(guarded)
+        return blp.doc(security=[{"bearerAuth": []}])(guarded)
+
+    return decorator
+
+
+def json_body(view: F) -> F:
+    """Refuse a body that is not declared as JSON (415) or is empty (400), rather than ignore it."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not request.is_json:
+            raise UnsupportedMediaType("send the body as JSON with 'Content-Type: application/json'")
+        if not request.get_data(cache=True).strip():
+            raise InvalidInput("the body is empty: send a JSON object")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+class JobSpecSchema(TrainingSpecSchema):
+    """A training job as `POST /v1/jobs` takes it: a dataset is a built-in or uploaded name."""
+
+    dataset = fields.String(
+        load_default="mnist-sample",
+        validate=name_field,
+        metadata={"description": "built-in or uploaded dataset name (GET /v1/datasets)"},
+    )
+
+    @validates_schema
+    def _registry_names(self, data: dict[str, Any], **_: Any) -> None:
+        # The registry also refuses "..": catch it here, not after the job has trained.
+        for name in ("model", "dataset"):
+            if ".." in (data.get(name) or ""):
+                raise ValidationError("must not contain '..'", name)
+
+    def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
+        """Take only JSON integers for integer fields (not 1.5, "3" or true, which would coerce)."""
+        for f in (field_obj, getattr(field_obj, "inner", None)):
+            if isinstance(f, fields.Integer):
+                f.strict = True
+
+
+class JobQuerySchema(Schema):
+    status = fields.String(
+        validate=validate.OneOf([s.value for s in JobState]),
+        metadata={"description": "only jobs in this state"},
+    )
+    limit = fields.Integer(
+        load_default=50, validate=validate.Range(1, MAX_JOB_LIST), metadata={"description": "most jobs"}
+    )
+
+
+class ProgressSchema(Schema):
+    fraction = fields.Float(metadata={"description": "share of the planned iterations done, 0-1"})
+    epoch = fields.Integer()
+    iteration = fields.Integer()
+    total_iterations = fields.Integer()
+    loss = fields.Float(allow_none=True)
+    train_accuracy = fields.Float(allow_none=True)
+    val_accuracy = fields.Float(allow_none=True)
+    val_loss = fields.Float(allow_none=True)
+    learning_rate = fields.Float(allow_none=True)
+
+
+class JobResultSchema(Schema):
+    model = fields.String()
+    version = fields.Integer(allow_none=True)
+    metrics = fields.Dict(metadata={"description": "final accuracies, sizes, seconds"})
+
+
+class JobSchema(Schema):
+    id = fields.String()
+    status = fields.String(metadata={"description": "queued, started, finished, failed or canceled"})
+    spec = fields.Dict(allow_none=True, metadata={"description": "the submitted training spec"})
+    progress = fields.Nested(ProgressSchema, allow_none=True)
+    curve = fields.List(fields.Dict(), metadata={"description": "per-epoch history so far"})
+    result = fields.Nested(JobResultSchema, allow_none=True)
+    error = fields.String(allow_none=True, metadata={"description": "one line, when failed"})
+    attempts = fields.Integer()
+    resumed_from_iteration = fields.Integer(allow_none=True)
+    dataset = fields.Dict(allow_none=True, metadata={"description": "name, digest and sizes once loaded"})
+    created_at = fields.String(allow_none=True)
+    started_at = fields.String(allow_none=True)
+    ended_at = fields.String(allow_none=True)
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+class DatasetRefSchema(Schema):
+    name = fields.String()
+    digest = fields.String(allow_none=True)
+    source = fields.String(allow_none=True)
+
+
+class ModelSummarySchema(Schema):
+    name = fields.String()
+    latest = fields.Integer(allow_none=True)
+    versions = fields.Integer(metadata={"description": "how many versions are kept"})
+    aliases = fields.Dict(keys=fields.String(), values=fields.Integer())
+
+
+class VersionSummarySchema(Schema):
+    version = fields.Integer()
+    created_at = fields.String()
+    sha256 = fields.String()
+    size = fields.Integer(metadata={"description": "bytes of the .npz"})
+    aliases = fields.List(fields.String())
+    job_id = fields.String(allow_none=True)
+    dataset = fields.Nested(DatasetRefSchema, allow_none=True)
+    metrics = fields.Dict(metadata={"description": "accuracies (train, val, test) and training time"})
+
+
+class ModelSchema(Schema):
+    name = fields.String()
+    latest = fields.Integer(allow_none=True)
+    aliases = fields.Dict(keys=fields.String(), values=fields.Integer())
+    versions = fields.List(fields.Nested(VersionSummarySchema), metadata={"description": "oldest first"})
+
+
+class LineageSchema(Schema):
+    job_id = fields.String(allow_none=True)
+    dataset = fields.Nested(DatasetRefSchema, allow_none=True)
+    recipe = fields.String(allow_none=True)
+    config = fields.Dict(metadata={"description": "the full training config the job ran"})
+    spec = fields.Dict(allow_none=True, metadata={"description": "the spec as submitted"})
+
+
+class VersionSchema(VersionSummarySchema):
+    model = fields.String()
+    architecture = fields.Dict(metadata={"description": "layer sizes and activations"})
+    history = fields.List(fields.Dict(), metadata={"description": "learning curve, one entry per epoch"})
+    lineage = fields.Nested(LineageSchema)
+    weights_url = fields.String()
+
+
+class AliasBodySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    version = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+class AliasSchema(Schema):
+    model = fields.String()
+    alias = fields.String()
+    version = fields.Integer()
+    previous = fields.Integer(allow_none=True, metadata={"description": "where the alias pointed before"})
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+
+class DatasetSchema(Schema):
+    name = fields.String()
+    kind = fields.String(metadata={"description": "builtin or uploaded"})
+    available = fields.Boolean(metadata={"description": "whether a job can read it now"})
+    description = fields.String()
+    default = fields.Boolean()
+    train_size = fields.Integer()
+    test_size = fields.Integer()
+    classes = fields.List(fields.String())
+    digest = fields.String(allow_none=True, metadata={"description": "sha256 of the arrays (uploads)"})
+    source = fields.String()
+    stored_bytes = fields.Integer(metadata={"description": "compressed size in Redis (uploads)"})
+    uploaded_at = fields.String()
+    how_to_get = fields.String(metadata={"description": "when a built-in is not available"})
+
+
+class UploadQuerySchema(Schema):
+    format = fields.String(
+        validate=validate.OneOf(UPLOAD_KINDS),
+        metadata={"description": "npz, csv or idx (a zip/tar of IDX files); else guessed"},
+    )
