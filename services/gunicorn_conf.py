@@ -11,6 +11,10 @@ import os
 import shutil
 import tempfile
 
+# One BLAS thread per worker process: requests run in parallel across processes and threads,
+# and a one-image forward takes ~70 µs single-threaded against ~165 µs with OpenBLAS's threads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 # Prometheus' multiprocess mode must be chosen before prometheus_client is imported anywhere.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-prometheus-")

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import redis
 import swagger_ui_bundle
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from flask import Flask, send_from_directory
 from flask_smorest import Api
 
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 #: Seconds a Redis command may take before the request falls back or fails (never hangs).
 REDIS_SOCKET_TIMEOUT = 2.0
+#: Retries of a Redis command after a connection error (redis-py's default, 10, makes each
+#: command against a dead Redis take seconds; the model cache serves from memory meanwhile).
+REDIS_RETRIES = 2
 
 DEFAULTS: dict[str, Any] = {
     "API_TITLE": "mnist-service",
@@ -63,7 +68,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from services.predictor import cache as model_cache
     from services.predictor import v1, v2
 
-    from . import datasets, health, jobs, models
+    from . import dashboard, datasets, evaluation, health, jobs, models
 
     settings = _settings(config)
     if settings.role not in ("all", "predictor"):
@@ -78,6 +83,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         settings.redis_url,
         socket_timeout=REDIS_SOCKET_TIMEOUT,
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), REDIS_RETRIES),
         health_check_interval=30,
     )
     keys = Keys(settings.key_prefix)
@@ -96,7 +102,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api = Api(app)
     blueprints = [v1.blp, v2.blp, health.blp]
     if settings.role != "predictor":  # the predictor role serves predictions and health only
-        blueprints = [jobs.blp, models.blp, datasets.blp, *blueprints]
+        blueprints = [jobs.blp, models.blp, evaluation.blp, datasets.blp, *blueprints]
+        app.register_blueprint(dashboard.blp)  # a page, not an API resource: not in /openapi.json
     for blueprint in blueprints:
         api.register_blueprint(blueprint)
     errors.register(app)

@@ -1,0 +1,396 @@
+"""The model cache: versions held in memory, hot-reloaded from the registry without a restart.
+
+- Un-pinned requests (no version, no alias) get the model's *default*: the `production` alias
+  when set, else the latest version. It is answered from memory, without a Redis round trip;
+  the first request of a model loads it synchronously.
+- Pinned versions load on first use and stay, least recently used first out
+  (`Settings.model_cache_size` of them). Alias routes read an alias → version map that events
+  and polls keep fresh; when Redis is away the map held in memory answers.
+- Two daemon threads keep defaults fresh: one listens to the registry's pub/sub events, one
+  polls every `Settings.poll_interval` seconds (events are fire-and-forget: a predictor that was
+  disconnected misses them) and the listener re-subscribes after Redis comes back.
+- A new version is fetched (`Registry.get_blob` checks its sha256), parsed, warmed up on a small
+  batch, and only then swapped in by rebinding one dict entry: requests in flight keep the
+  reference they already hold and finish on the old model. A blob that fails its checksum or
+  does not parse is refused, the previous version keeps serving, and `status()` says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import redis
+
+from services.api.metrics import MODEL_VERSION, RELOAD_SECONDS, RELOADS
+from shared import mlp, serialization
+from shared.config import Settings
+from shared.errors import (
+    AliasNotFound,
+    CorruptModel,
+    InvalidInput,
+    MnistError,
+    ServiceUnavailable,
+)
+from shared.registry import Registry, check_name, check_version, parse_event
+
+log = logging.getLogger(__name__)
+
+#: Images in the warm-up batch run on every version before it serves.
+WARMUP_IMAGES = 8
+#: Seconds before a refused (corrupt) version is fetched again, unless an event names the model.
+REFUSED_RETRY_SECONDS = 30.0
+#: Seconds the event listener blocks waiting for a message before checking for stop().
+LISTEN_TIMEOUT = 0.5
+#: Seconds between pub/sub reconnection attempts, doubling up to the poll interval.
+RECONNECT_BACKOFF = 0.1
+#: Load locks: a model's loads are serialized on one of these (bounded, whatever names arrive).
+LOCK_STRIPES = 16
+
+#: What a Redis that is down or unreachable raises.
+REDIS_ERRORS = (redis.RedisError, OSError)
+_UNREACHABLE = "{model} is not in memory and the registry does not answer ({exc})"
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """One version in memory, verified and warmed up; immutable, so threads share it freely.
+
+    `params` are float32 and C-contiguous, in the model file's layout ([W1 (out, in), b1, …]):
+    `x @ W.T` runs as one sgemm with a transpose flag, as fast as a transposed copy (measured).
+    """
+
+    model: str
+    version: int
+    sha256: str
+    params: list[np.ndarray]
+    meta: dict[str, Any]
+    loaded_at: float = field(default_factory=time.time)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Return class probabilities (N, 10) of scaled float32 rows x (N, 784)."""
+        return mlp.predict_proba(self.params, x)
+
+    def describe(self) -> dict[str, Any]:
+        """Return what status() reports about this version."""
+        return {
+            "version": self.version,
+            "sha256": self.sha256,
+            "loaded_at": datetime.fromtimestamp(self.loaded_at, UTC).isoformat(timespec="milliseconds"),
+        }
+
+
+def prepare(model: str, version: int, sha256: str, blob: bytes) -> LoadedModel:
+    """Return the LoadedModel of a verified blob, warmed up; InvalidInput if it is not a model."""
+    params, meta = serialization.model_from_bytes(blob, f"{model} v{version}")
+    params = [np.ascontiguousarray(p, dtype=np.float32) for p in params]
+    loaded = LoadedModel(model, version, sha256, params, meta)
+    # The warm-up pays first-call costs (BLAS buffers, page faults) before any request does,
+    # and refuses a model whose output is not a distribution.
+    rng = np.random.default_rng(version)
+    sample = mlp.scale_pixels(rng.integers(0, 256, (WARMUP_IMAGES, mlp.INPUT_SIZE), dtype=np.uint8))
+    probs = loaded.predict_proba(sample)
+    if probs.shape != (WARMUP_IMAGES, mlp.CLASSES) or not np.isfinite(probs).all():
+        raise InvalidInput(f"{model} v{version}: the warm-up produced no finite probabilities")
+    return loaded
+
+
+class ModelCache:
+    """Models held in memory for predictions, kept in step with the registry (see module doc)."""
+
+    def __init__(self, registry: Registry, settings: Settings) -> None:
+        """Serve from `registry`; nothing is loaded or started until asked."""
+        self.registry = registry
+        self.settings = settings
+        self._defaults: dict[str, LoadedModel] = {}
+        self._pinned: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._aliases: dict[str, dict[str, int]] = {}
+        self._followed: set[tuple[str, str]] = set()  # (model, alias) pairs requests used
+        self._errors: dict[str, str] = {}  # model -> why its default could not move
+        self._refused: dict[tuple[str, int], tuple[float, str]] = {}  # -> (monotonic time, why)
+        self._registry_error: str | None = None
+        self._lock = threading.Lock()  # guards _pinned and _threads
+        self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # --- requests ---------------------------------------------------------------------------------
+    def get(self, model: str, version: int | None = None, alias: str | None = None) -> LoadedModel:
+        """Return the version to answer with: `version`, else `alias`, else the default.
+
+        Raises ModelNotFound / VersionNotFound / AliasNotFound (404), InvalidInput (400), and
+        ServiceUnavailable (503) when the version is not in memory and cannot be loaded.
+        """
+        if version is not None and alias is not None:
+            raise InvalidInput("ask for a version or an alias, not both")
+        if version is not None:
+            return self._version(model, version)
+        if alias is not None:
+            return self._version(model, self._alias_version(model, alias))
+        loaded = self._defaults.get(model)  # the hot path: one dict read, no lock, no Redis
+        if loaded is not None:
+            return loaded
+        check_name(model)
+        with self._stripe(model):
+            loaded = self._defaults.get(model)
+            if loaded is None:
+                try:
+                    loaded = self._refresh_default(model)
+                except CorruptModel as exc:
+                    self._errors[model] = f"{exc.message}; nothing to serve"
+                    raise ServiceUnavailable(f"{model} {exc.message}") from None
+                except REDIS_ERRORS as exc:
+                    raise ServiceUnavailable(_UNREACHABLE.format(model=model, exc=exc)) from None
+        return loaded
+
+    def held(self, model: str) -> list[int]:
+        """Return the versions of `model` held in memory (default and pinned), sorted."""
+        with self._lock:
+            versions = {v for (m, v) in self._pinned if m == model}
+        default = self._defaults.get(model)
+        if default is not None:
+            versions.add(default.version)
+        return sorted(versions)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Return, per model served, the default version held, its checksum and the last error."""
+        out: dict[str, dict[str, Any]] = {}
+        for model in sorted(set(self._defaults) | set(self._errors)):
+            default = self._defaults.get(model)
+            entry: dict[str, Any] = default.describe() if default else {"version": None}
+            error = self._errors.get(model)
+            if self._registry_error:
+                held = f"serving v{default.version} from memory" if default else "nothing to serve"
+                error = "; ".join(filter(None, [error, f"{self._registry_error}: {held}"]))
+            entry["error"] = error
+            entry["pinned"] = [v for v in self.held(model) if not default or v != default.version]
+            if model in self._aliases:
+                entry["aliases"] = dict(self._aliases[model])
+            out[model] = entry
+        return out
+
+    # --- background -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the event listener and the poller (daemon threads); calling again does nothing."""
+        with self._lock:
+            if self._threads:
+                return
+            self._stop.clear()
+            self._threads = [
+                threading.Thread(target=self._listen, name="model-events", daemon=True),
+                threading.Thread(target=self._poll, name="model-poll", daemon=True),
+            ]
+            for thread in self._threads:
+                thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the background threads and wait for them (tests)."""
+        self._stop.set()
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join(timeout)
+
+    def refresh(self) -> None:
+        """Bring every default and alias map held in step with the registry now (what a poll does)."""
+        for model in list(self._defaults) + [m for m in list(self._errors) if m not in self._defaults]:
+            self._refresh_quietly(model)
+        for model in list(self._aliases):
+            self._refresh_aliases(model)
+
+    # --- loading ----------------------------------------------------------------------------------
+    def _stripe(self, model: str) -> threading.Lock:
+        return self._stripes[zlib.crc32(model.encode()) % LOCK_STRIPES]
+
+    def _refresh_default(self, model: str) -> LoadedModel:
+        """Resolve the model's default in Redis and swap it in if it changed; hold the stripe."""
+        target = self.registry.resolve(model)
+        sha256 = self.registry.record(model, target).sha256
+        current = self._defaults.get(model)
+        if current is not None and current.version == target and current.sha256 == sha256:
+            self._errors.pop(model, None)
+            return current
+        loaded = self._cached(model, target, sha256) or self._load(model, target)
+        self._defaults[model] = loaded  # the swap: requests holding the old one finish on it
+        self._errors.pop(model, None)
+        MODEL_VERSION.labels(model).set(loaded.version)
+        if current is not None:
+            log.info("%s: now serving v%d (was v%d)", model, loaded.version, current.version)
+        return loaded
+
+    def _cached(self, model: str, version: int, sha256: str) -> LoadedModel | None:
+        with self._lock:
+            hit = self._pinned.get((model, version))
+        return hit if hit is not None and hit.sha256 == sha256 else None
+
+    def _load(self, model: str, version: int) -> LoadedModel:
+        """Fetch, verify, parse and warm up one version; CorruptModel if it must be refused."""
+        refused = self._refused.get((model, version))
+        if refused and time.monotonic() - refused[0] < REFUSED_RETRY_SECONDS:
+            raise CorruptModel(refused[1])
+        started = time.perf_counter()
+        try:
+            blob, record = self.registry.get_blob(model, version)
+            loaded = prepare(model, version, record.sha256, blob)
+        except (CorruptModel, InvalidInput) as exc:
+            RELOADS.labels(model, "corrupt").inc()
+            why = f"v{version} refused: {exc.message}"
+            self._refused[(model, version)] = (time.monotonic(), why)
+            log.error("%s: %s", model, why)
+            raise CorruptModel(why) from None
+        except (MnistError, *REDIS_ERRORS):
+            RELOADS.labels(model, "error").inc()
+            raise
+        self._refused.pop((model, version), None)
+        RELOADS.labels(model, "ok").inc()
+        RELOAD_SECONDS.labels(model).observe(time.perf_counter() - started)
+        return loaded
+
+    def _version(self, model: str, version: int) -> LoadedModel:
+        """Return a pinned version from memory, loading it on first use."""
+        check_name(model)
+        check_version(version)
+        default = self._defaults.get(model)
+        if default is not None and default.version == version:
+            return default
+        key = (model, version)
+        with self._lock:
+            hit = self._pinned.get(key)
+            if hit is not None:
+                self._pinned.move_to_end(key)
+                return hit
+        with self._stripe(model):
+            with self._lock:
+                hit = self._pinned.get(key)
+            if hit is None:
+                try:
+                    hit = self._load(model, version)
+                except CorruptModel as exc:
+                    raise ServiceUnavailable(f"{model} {exc.message}") from None
+                except REDIS_ERRORS as exc:
+                    raise ServiceUnavailable(_UNREACHABLE.format(model=model, exc=exc)) from None
+                self._remember(hit)
+        return hit
+
+    def _remember(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            self._pinned[(loaded.model, loaded.version)] = loaded
+            while len(self._pinned) > max(self.settings.model_cache_size, 1):
+                self._pinned.popitem(last=False)
+
+    def _alias_version(self, model: str, alias: str) -> int:
+        """Return the version an alias names, from the map in memory or, if it lacks it, Redis."""
+        check_name(model)
+        check_name(alias, "alias")
+        aliases = self._aliases.get(model)
+        if aliases is None or alias not in aliases:
+            try:
+                aliases = self._fetch_aliases(model)
+            except REDIS_ERRORS as exc:
+                if aliases is None:
+                    raise ServiceUnavailable(f"the registry does not answer ({exc})") from None
+        if alias not in aliases:
+            raise AliasNotFound(f"model {model!r} has no alias {alias!r}")
+        self._followed.add((model, alias))
+        return aliases[alias]
+
+    def _fetch_aliases(self, model: str) -> dict[str, int]:
+        aliases = self.registry.aliases(model)
+        self._aliases[model] = aliases
+        return aliases
+
+    # --- keeping up -------------------------------------------------------------------------------
+    def _refresh_quietly(self, model: str) -> None:
+        """Refresh a default from the watcher: failures are recorded, the old version serves on."""
+        try:
+            with self._stripe(model):
+                self._refresh_default(model)
+        except CorruptModel as exc:
+            held = self._defaults.get(model)
+            self._errors[model] = f"{exc.message}; " + (
+                f"still serving v{held.version}" if held else "nothing to serve"
+            )
+        except MnistError as exc:  # gone from the registry (deleted, or a Redis that lost its data)
+            self._errors[model] = f"{exc.message}; serving what is held in memory"
+
+    def _refresh_aliases(self, model: str) -> None:
+        """Reload a model's alias map; warm the versions followed aliases now name."""
+        try:
+            aliases = self._fetch_aliases(model)
+        except MnistError:
+            return
+        for m, alias in list(self._followed):
+            if m == model and alias in aliases:
+                try:
+                    self._version(model, aliases[alias])
+                except MnistError as exc:
+                    log.warning("%s: cannot preload alias %s -> v%d: %s", model, alias, aliases[alias], exc)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """Apply one registry event to what this process holds."""
+        model = event.get("model")
+        if not isinstance(model, str):
+            return
+        kind, version = event.get("event"), event.get("version")
+        if kind == "deleted" and isinstance(version, int):
+            with self._lock:
+                self._pinned.pop((model, version), None)
+        if kind == "alias" and model in self._aliases:
+            self._refresh_aliases(model)
+        if model in self._defaults or model in self._errors:
+            for key in [k for k in list(self._refused) if k[0] == model]:
+                self._refused.pop(key, None)
+            self._refresh_quietly(model)
+
+    def _listen(self) -> None:
+        backoff = RECONNECT_BACKOFF
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self.registry.subscribe()
+                self.refresh()  # whatever happened while (re)connecting was not announced to us
+                backoff = RECONNECT_BACKOFF
+                while not self._stop.is_set():
+                    event = parse_event(pubsub.get_message(timeout=LISTEN_TIMEOUT))
+                    if event is not None:
+                        self._on_event(event)
+            except REDIS_ERRORS as exc:
+                log.warning("registry events: %s; reconnecting in %.1f s", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, max(self.settings.poll_interval, RECONNECT_BACKOFF))
+            except Exception:  # the thread's boundary: a bad event must not stop hot reloads
+                log.exception("registry events: unexpected error")
+                self._stop.wait(backoff)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(*REDIS_ERRORS):
+                        pubsub.close()
+
+    def _poll(self) -> None:
+        self._preload()
+        while not self._stop.wait(self.settings.poll_interval):
+            try:
+                self.registry.redis.ping()
+                self.refresh()
+                self._registry_error = None
+            except REDIS_ERRORS as exc:
+                if self._registry_error is None:
+                    log.warning("registry unreachable (%s): serving what is in memory", exc)
+                self._registry_error = f"registry unreachable ({type(exc).__name__})"
+            except Exception:  # the thread's boundary: polling must go on
+                log.exception("registry poll: unexpected error")
+
+    def _preload(self) -> None:
+        """Load the default model at start-up, when it exists, so its first request is not slow."""
+        try:
+            self.get(self.settings.default_model)
+        except (MnistError, *REDIS_ERRORS) as exc:
+            log.info("no model preloaded (%s)", getattr(exc, "message", exc))
