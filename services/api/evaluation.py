@@ -1,0 +1,230 @@
+"""Evaluate a version on a dataset: accuracy, confusion matrix, and the images it gets wrong.
+
+``POST /v1/models/<m>/versions/<v>:evaluate`` classifies the first `limit` images of a split of a
+built-in or uploaded dataset (by name, never a path) with the version's weights, read from the
+registry and checked against their sha256. Datasets are kept in a small per-process LRU:
+reading fashion-mnist's 70,000 images takes seconds, classifying them a fraction of that.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from flask import current_app
+from flask_smorest import Blueprint
+from marshmallow import RAISE, Schema, fields, validate
+
+from services.api.auth import check_predict_token
+from services.api.context import services
+from services.api.schemas import VALIDATION_STATUS, json_body
+from shared import datasets, mlp, serialization
+from shared.dataset_store import DatasetStore
+from shared.errors import CorruptModel, DatasetNotFound, InvalidInput
+from shared.schemas import name_field
+
+blp = Blueprint("evaluation", __name__, description="Evaluate a model version on a dataset")
+
+#: Most images one evaluation classifies (fashion-mnist's training split has 60,000).
+MAX_LIMIT = 60_000
+#: Images classified when the request gives no limit.
+DEFAULT_LIMIT = 10_000
+#: Most misclassified images returned with their pixels (each is ~1 KiB of base64).
+MAX_MISCLASSIFIED = 100
+#: Datasets each process keeps in memory (fashion-mnist holds 55 MB of pixels).
+DATASET_CACHE_SIZE = 3
+#: Images per forward pass: bounds the activations' memory (rows × widest layer × 4 bytes).
+BATCH = 4096
+#: Key of the dataset cache in `app.extensions`.
+CACHE_EXTENSION = "mnist.evaluation.datasets"
+
+
+class EvaluateRequestSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    dataset = fields.String(
+        load_default=datasets.DEFAULT_DATASET,
+        validate=name_field,
+        metadata={"description": "built-in or uploaded dataset name (GET /v1/datasets)"},
+    )
+    split = fields.String(
+        load_default="test",
+        validate=validate.OneOf(["test", "train"]),
+        metadata={"description": "which part of the dataset to classify"},
+    )
+    limit = fields.Integer(
+        load_default=DEFAULT_LIMIT,
+        strict=True,
+        validate=validate.Range(1, MAX_LIMIT),
+        metadata={"description": "classify the first `limit` images of the split"},
+    )
+    max_misclassified = fields.Integer(
+        load_default=MAX_MISCLASSIFIED,
+        strict=True,
+        validate=validate.Range(0, MAX_MISCLASSIFIED),
+        metadata={"description": "most misclassified images to return, first ones first"},
+    )
+
+
+class EvaluatedDatasetSchema(Schema):
+    name = fields.String()
+    digest = fields.String()
+    split = fields.String()
+    classes = fields.List(fields.String(), metadata={"description": "class names, index = label"})
+
+
+class MisclassifiedSchema(Schema):
+    index = fields.Integer(metadata={"description": "position of the image in the split"})
+    label = fields.Integer(metadata={"description": "the true class"})
+    predicted = fields.Integer()
+    probabilities = fields.List(fields.Float(), metadata={"description": "P(class) for classes 0–9"})
+    pixels = fields.String(metadata={"description": "base64 of the 784 uint8 pixels, row-major"})
+
+
+class EvaluationSchema(Schema):
+    model = fields.String()
+    model_version = fields.Integer()
+    dataset = fields.Nested(EvaluatedDatasetSchema)
+    count = fields.Integer(metadata={"description": "images classified"})
+    accuracy = fields.Float()
+    confusion_matrix = fields.List(
+        fields.List(fields.Integer()),
+        metadata={"description": "10×10 counts: row = true class, column = predicted"},
+    )
+    per_class_accuracy = fields.List(
+        fields.Float(allow_none=True),
+        metadata={"description": "recall of each class (null: not in the sample)"},
+    )
+    misclassified_count = fields.Integer(metadata={"description": "all misclassified images"})
+    misclassified = fields.List(
+        fields.Nested(MisclassifiedSchema), metadata={"description": "the first ones"}
+    )
+    seconds = fields.Float(metadata={"description": "time spent classifying"})
+
+
+class DatasetCache:
+    """The last few datasets loaded, by name (and digest, for uploads that may be replaced)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], datasets.Dataset] = OrderedDict()
+        # One lock for lookups and loads: two requests for an uncached 60,000-image set wait for
+        # one read rather than each holding a copy.
+        self._lock = threading.Lock()
+
+    def get(self, name: str, store: DatasetStore) -> datasets.Dataset:
+        """Return dataset `name`, loading it on a miss; InvalidInput when there is none."""
+        try:
+            key = (name, "" if name in datasets.BUILTIN_NAMES else store.info(name)["digest"])
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+                found = datasets.load(name, uploaded=store.get, allow_paths=False)
+                self._items[key] = found
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+                return found
+        except DatasetNotFound as exc:
+            raise InvalidInput(exc.message, {"dataset": [exc.message]}) from None
+
+
+def _cache() -> DatasetCache:
+    # setdefault is atomic: threads racing on the first request agree on one cache.
+    return current_app.extensions.setdefault(CACHE_EXTENSION, DatasetCache(DATASET_CACHE_SIZE))
+
+
+def _load_params(model: str, version: int) -> list[np.ndarray]:
+    """Return a version's parameters, read from the registry and checked against its sha256."""
+    blob, _ = services().registry.get_blob(model, version)
+    try:
+        params, _ = serialization.model_from_bytes(blob, f"{model} v{version}")
+    except InvalidInput as exc:  # checksummed yet unreadable: the stored data is at fault
+        raise CorruptModel(exc.message) from None
+    return params
+
+
+def _split(ds: datasets.Dataset, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
+    if x is None or y is None:
+        raise InvalidInput(
+            f"dataset {ds.name!r} has no test split: evaluate on 'train'", {"split": ["no test split"]}
+        )
+    if not len(y):
+        raise InvalidInput(f"the {split} split of {ds.name!r} is empty", {"split": ["empty split"]})
+    return x[:limit], y[:limit]
+
+
+def evaluate(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, max_wrong: int) -> dict[str, Any]:
+    """Classify uint8 images x (n, 784) against labels y (n,); return the evaluation's figures."""
+    dtype = params[0].dtype
+    probs = np.concatenate(
+        [
+            mlp.predict_proba(params, mlp.scale_pixels(x[i : i + BATCH], dtype))
+            for i in range(0, len(y), BATCH)
+        ]
+    )
+    predicted = probs.argmax(axis=1)
+    confusion = np.zeros((mlp.CLASSES, mlp.CLASSES), dtype=np.int64)
+    np.add.at(confusion, (y.astype(np.intp), predicted), 1)
+    totals = confusion.sum(axis=1)
+    wrong = np.flatnonzero(predicted != y)
+    return {
+        "count": int(len(y)),
+        "accuracy": float((predicted == y).mean()),
+        "confusion_matrix": confusion.tolist(),
+        "per_class_accuracy": [
+            float(confusion[c, c] / totals[c]) if totals[c] else None for c in range(mlp.CLASSES)
+        ],
+        "misclassified_count": int(wrong.size),
+        "misclassified": [
+            {
+                "index": int(i),
+                "label": int(y[i]),
+                "predicted": int(predicted[i]),
+                "probabilities": [round(float(p), 6) for p in probs[i]],
+                "pixels": base64.b64encode(np.ascontiguousarray(x[i], dtype=np.uint8).tobytes()).decode(),
+            }
+            for i in wrong[:max_wrong]
+        ],
+    }
+
+
+@blp.route("/v1/models/<model>/versions/<int:version>:evaluate", methods=["POST"])
+@json_body
+@blp.arguments(EvaluateRequestSchema, error_status_code=VALIDATION_STATUS)
+@blp.response(200, EvaluationSchema)
+@blp.alt_response(400, response="BAD_REQUEST", description="invalid body, unknown dataset or no such split")
+@blp.alt_response(
+    401, response="UNAUTHORIZED", description="predict token missing (when MNIST_PREDICT_TOKEN is set)"
+)
+@blp.alt_response(403, response="FORBIDDEN", description="predict token wrong")
+@blp.alt_response(404, response="NOT_FOUND", description="unknown model or version")
+@blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
+@blp.alt_response(503, response="SERVICE_UNAVAILABLE", description="the stored model failed its sha256 check")
+@blp.doc(security=[{}, {"bearerAuth": []}])
+def evaluate_version(body: dict[str, Any], model: str, version: int) -> dict[str, Any]:
+    """Score a version on a dataset split: accuracy, confusion matrix, misclassified images."""
+    check_predict_token()
+    params = _load_params(model, version)
+    ds = _cache().get(body["dataset"], services().datasets)
+    x, y = _split(ds, body["split"], body["limit"])
+    started = time.perf_counter()
+    figures = evaluate(params, x, y, body["max_misclassified"])
+    return {
+        "model": model,
+        "model_version": version,
+        "dataset": {
+            "name": ds.name,
+            "digest": ds.digest,
+            "split": body["split"],
+            "classes": list(ds.classes),
+        },
+        **figures,
+        "seconds": round(time.perf_counter() - started, 4),
+    }
