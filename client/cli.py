@@ -6,10 +6,11 @@ Every error ends as one line on stderr and a non-zero exit status, never a trace
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
-from typing import Callable, NoReturn, Sequence
-
-from marshmallow import ValidationError
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from shared.errors import MnistError
 
@@ -17,6 +18,8 @@ from shared.errors import MnistError
 EXIT_ERROR = 1
 #: Exit status of a command line that does not parse.
 EXIT_USAGE = 2
+#: Images per prediction request of `mnist predict` (see docs/client.md for how it was chosen).
+DEFAULT_PREDICT_BATCH = 2000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,36 +56,138 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"])
 
 
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """Return a command that imports `module` only when it runs (the CLI starts faster)."""
+
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), name)(args)
+
+    return run
+
+
+def _remote(name: str) -> Callable[[argparse.Namespace], int]:
+    """Return a command of client.remote, the commands that talk to the service."""
+
+    def run(args: argparse.Namespace) -> int:
+        # They do no matrix products: NumPy need not start BLAS threads (a tenth of its import time).
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        return _lazy("client.remote", name)(args)
+
+    return run
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.url:
+        return _remote("train")(args)
+    if args.model or args.cancel_on_interrupt:
+        raise ValueError("--model and --cancel-on-interrupt apply with --url (training on the service)")
+    args.out = args.out or "model.npz"
+    return _lazy("client.local", "train")(args)
+
+
+def add_remote_flags(p: argparse.ArgumentParser, predict: bool = False) -> None:
+    """Add --url and --token (defaults from the environment, resolved in client.remote), and --json."""
+    p.add_argument(
+        "--url", default=argparse.SUPPRESS, help="the service (default: $MNIST_URL or http://127.0.0.1:8000)"
+    )
+    variables = "$MNIST_PREDICT_TOKEN or $MNIST_API_TOKEN" if predict else "$MNIST_API_TOKEN"
+    p.add_argument("--token", default=argparse.SUPPRESS, help=f"bearer token (default: {variables})")
+    if not predict:
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every `mnist` subcommand."""
-    from client import local, up
-
     parser = _Parser(prog="mnist", description="Train, serve and query a NumPy digit classifier.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a model (in-process, or on the service with --url)")
     add_training_flags(train)
-    train.add_argument("--out", default="model.npz", help="model file to write (default: model.npz)")
+    train.add_argument("--out", help="model file to write (default: model.npz; with --url: none)")
     train.add_argument("--json", action="store_true", help="print one final JSON line")
-    train.set_defaults(run=local.train)
+    train.add_argument("--url", help="train on this service instead: submit a job and follow it")
+    train.add_argument("--token", help="with --url: bearer token (default: $MNIST_API_TOKEN)")
+    train.add_argument("--model", help="with --url: registry name to publish under (default: mnist)")
+    train.add_argument(
+        "--cancel-on-interrupt", action="store_true", help="with --url: Ctrl-C cancels the job too"
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a model file on a dataset")
     evaluate.add_argument("--model", required=True, help="model file (.npz)")
     evaluate.add_argument("--dataset", default="mnist-sample")
     evaluate.add_argument("--split", choices=["test", "train", "all"], default="test")
     evaluate.add_argument("--json", action="store_true")
-    evaluate.set_defaults(run=local.evaluate)
+    evaluate.set_defaults(run=_lazy("client.local", "evaluate"))
 
     up_parser = sub.add_parser("up", help="run the whole stack locally (web, workers, Redis if needed)")
     up_parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     up_parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     up_parser.add_argument("--workers", type=int, default=2, help="training workers (default 2)")
-    up_parser.set_defaults(run=up.command)
+    up_parser.set_defaults(run=_lazy("client.up", "command"))
 
     datasets = sub.add_parser("datasets", help="list the built-in datasets")
     datasets.add_argument("--json", action="store_true")
-    datasets.set_defaults(run=local.datasets_command)
+    datasets.set_defaults(run=_lazy("client.local", "datasets_command"))
+
+    add_remote_commands(sub)
     return parser
+
+
+def add_remote_commands(sub: argparse._SubParsersAction) -> None:
+    """Add predict, models, jobs and alias: the commands that talk to the service."""
+    predict = sub.add_parser(
+        "predict", help="classify image files, IDX, CSV or NPZ files on the service (see docs/client.md)"
+    )
+    predict.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="PNG/JPEG files or folders, IDX, CSV, NPZ"
+    )
+    predict.add_argument("--model", default="mnist", help="registry name (default: mnist)")
+    which = predict.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="this version (default: production, else the latest)")
+    which.add_argument("--alias", help="the version this alias names, e.g. staging")
+    predict.add_argument("--output", help="write the answers to FILE.csv or FILE.jsonl")
+    predict.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_PREDICT_BATCH,
+        help=f"images per request (default {DEFAULT_PREDICT_BATCH})",
+    )
+    predict.add_argument("--top-k", type=int, help="also give the k most probable labels")
+    predict.add_argument("--probabilities", action="store_true", help="write p0…p9 too")
+    predict.add_argument("--strict", action="store_true", help="stop at the first unreadable input")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_remote_flags(predict, predict=True)
+    predict.set_defaults(run=_remote("predict"))
+
+    models = sub.add_parser("models", help="list the models on the service, or one model's versions")
+    models.add_argument("name", nargs="?", metavar="NAME", help="a model: its versions and aliases")
+    add_remote_flags(models)
+    models.set_defaults(run=_remote("models"))
+
+    jobs = sub.add_parser("jobs", help="list training jobs; `jobs show ID`, `jobs cancel ID`")
+    jobs.add_argument("--status", choices=["queued", "started", "finished", "failed", "canceled"])
+    jobs.add_argument("--limit", type=int, help="at most this many (default 50)")
+    add_remote_flags(jobs)
+    actions = jobs.add_subparsers(dest="jobs_action", metavar="ACTION")
+    for name, what in (("show", "show one job"), ("cancel", "cancel a queued or running job")):
+        action = actions.add_parser(name, help=what)
+        action.add_argument("job_id", metavar="ID")
+        add_remote_flags(action)
+    jobs.set_defaults(run=_remote("jobs"))
+
+    alias = sub.add_parser("alias", help="point an alias (e.g. production) at a version, or delete it")
+    alias_actions = alias.add_subparsers(dest="alias_action", required=True, metavar="ACTION")
+    set_alias = alias_actions.add_parser("set", help="mnist alias set [--model M] ALIAS VERSION")
+    set_alias.add_argument("alias", metavar="ALIAS")
+    set_alias.add_argument("version", type=int, metavar="VERSION")
+    delete_alias = alias_actions.add_parser("delete", help="mnist alias delete [--model M] ALIAS")
+    delete_alias.add_argument("alias", metavar="ALIAS")
+    for p in (set_alias, delete_alias):
+        p.add_argument("--model", default="mnist", help="registry name (default: mnist)")
+        add_remote_flags(p)
+    alias.set_defaults(run=_remote("alias"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,8 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
-    except ValidationError as exc:
-        print(f"mnist {args.command}: invalid options: {_flatten(exc.messages)}", file=sys.stderr)
+    except _validation_error() as exc:
+        print(
+            f"mnist {args.command}: invalid options: {_flatten(getattr(exc, 'messages', exc))}",
+            file=sys.stderr,
+        )
     except MnistError as exc:
         print(f"mnist {args.command}: {exc.message}", file=sys.stderr)
     except (ValueError, OSError) as exc:
@@ -101,6 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mnist {args.command}: interrupted", file=sys.stderr)
         return 130
     return EXIT_ERROR
+
+
+class _NotRaised(Exception):
+    """Matches nothing: stands for marshmallow's ValidationError before marshmallow is imported."""
+
+
+def _validation_error() -> type[Exception]:
+    """Return marshmallow's ValidationError if marshmallow is loaded (it is slow to import, so lazily)."""
+    marshmallow = sys.modules.get("marshmallow")
+    return marshmallow.ValidationError if marshmallow is not None else _NotRaised
 
 
 def _flatten(messages: object) -> str:

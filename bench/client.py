@@ -1,0 +1,290 @@
+"""Benchmark of the batch client: `mnist predict` end to end against the raw HTTP batch rate.
+
+Starts its own gunicorn (2 workers × 8 threads, one BLAS thread each, as bench/predict.py) on a
+private key prefix of the local Redis (or $REDIS_URL), publishes one 784-512-10 model (He init:
+the rate does not depend on the weights), writes 10,000 images (Fashion-MNIST's test set when
+installed, else mnist-sample's test digits repeated) to an NPZ file with their labels, and
+measures, interleaved round by round so that a neighbour's load hits both alike:
+
+- (a) raw HTTP: one POST of the 10,000 images as one application/octet-stream body with
+  requests, the answer parsed with orjson: images/s (what bench/predict.py calls (a));
+- (b) `mnist predict FILE.npz --output out.csv` as a subprocess, for several --batch-size
+  values: the wall time of the whole command (interpreter start, imports, reading, requests,
+  parsing, writing the CSV, the accuracy and confusion matrix) → images/s, and its ratio to (a).
+  Target: ≥ 50 % at the default batch size.
+
+Everything the run wrote in Redis is deleted afterwards.
+
+Usage: python bench/client.py [--rounds 5] [--batch-sizes 500,1000,2000,5000,10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import print_table, save_results  # noqa: E402
+from client.cli import DEFAULT_PREDICT_BATCH  # noqa: E402
+from shared import datasets, mlp, serialization  # noqa: E402
+from shared.keys import Keys  # noqa: E402
+from shared.registry import Registry  # noqa: E402
+
+MODEL = "bench"
+SIZES = (784, 512, 10)
+IMAGES = 10_000
+TARGET = 0.5
+MNIST = Path(sys.executable).parent / "mnist"
+
+
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(redis_url: str, prefix: str, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """Start gunicorn on a free port; return (process, base URL) once /healthz answers."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "MNIST_KEY_PREFIX": prefix,
+            "MNIST_API_TOKEN": uuid.uuid4().hex,
+            "MNIST_DEFAULT_MODEL": MODEL,
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp),
+            "WEB_CONCURRENCY": "2",
+            "MNIST_THREADS": "8",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MNIST_LOG_LEVEL": "warning",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    cmd = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "--config", str(ROOT / "services" / "gunicorn_conf.py"),
+        "--bind", f"127.0.0.1:{port}",
+        "services.api:create_app()",
+    ]  # fmt: skip
+    log = (tmp / "gunicorn.log").open("wb")
+    process = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError((tmp / "gunicorn.log").read_text())
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).ok:
+                return process, url
+        except requests.RequestException:  # not listening yet, or a worker still importing
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("gunicorn did not start within 30 s")
+
+
+def test_images() -> tuple[np.ndarray, np.ndarray, str]:
+    """Return 10,000 images (n, 784) uint8, their labels, and where they come from."""
+    try:
+        data = datasets.load("fashion-mnist")
+        assert data.x_test is not None and data.y_test is not None
+        return data.x_test[:IMAGES], data.y_test[:IMAGES], "fashion-mnist test set"
+    except datasets.DatasetNotFound:
+        data = datasets.load("mnist-sample")
+        assert data.x_test is not None and data.y_test is not None
+        reps = -(-IMAGES // len(data.y_test))
+        x = np.tile(data.x_test, (reps, 1))[:IMAGES]
+        y = np.tile(data.y_test, reps)[:IMAGES]
+        return x, y, "mnist-sample test digits, repeated"
+
+
+def raw_rate(session: requests.Session, url: str, body: bytes) -> float:
+    """Return images/s of one raw uint8 POST of every image, its answer parsed."""
+    started = time.perf_counter()
+    response = session.post(
+        f"{url}/v1/models/{MODEL}:predict", data=body, headers={"Content-Type": "application/octet-stream"}
+    )
+    response.raise_for_status()
+    answer = orjson.loads(response.content)
+    elapsed = time.perf_counter() - started
+    assert len(answer["predictions"]) == IMAGES
+    return IMAGES / elapsed
+
+
+def command_env() -> dict[str, str]:
+    """Return the environment of the measured commands: as installed, with bytecode cached."""
+    # A sandbox may set PYTHONDONTWRITEBYTECODE; then every run would recompile the project's modules.
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def command_rate(url: str, npz: Path, out: Path, batch_size: int) -> float:
+    """Return images/s of one whole `mnist predict` command (wall time of the subprocess)."""
+    cmd = [str(MNIST), "predict", str(npz), "--url", url, "--model", MODEL, "--output", str(out)]
+    cmd += ["--batch-size", str(batch_size)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent, env=command_env())
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"mnist predict failed: {proc.stderr}")
+    return IMAGES / elapsed
+
+
+def startup_seconds() -> float:
+    """Return the wall time of a Python that imports what `mnist predict` imports, and does nothing."""
+    code = "import client.cli, client.remote, client.outputs, client.local"
+    env = {**command_env(), "OPENBLAS_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
+    return time.perf_counter() - started
+
+
+def pipeline_rate(url: str, npz: Path, out: Path) -> float:
+    """Return images/s of the same command run in this process: the pipeline without start-up."""
+    from client import remote
+
+    args = argparse.Namespace(
+        command="predict", inputs=[str(npz)], url=url, model=MODEL, version=None, alias=None,
+        output=str(out), batch_size=DEFAULT_PREDICT_BATCH, top_k=None, probabilities=False,
+        strict=False, quiet=True,
+    )  # fmt: skip
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        remote.predict(args)
+    return IMAGES / (time.perf_counter() - started)
+
+
+def main() -> None:
+    """Run the benchmark and print its table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every measure")
+    parser.add_argument("--batch-sizes", default="500,1000,2000,5000,10000", help="--batch-size values")
+    args = parser.parse_args()
+    sizes = sorted({int(s) for s in args.batch_sizes.split(",")} | {DEFAULT_PREDICT_BATCH})
+
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = f"bench-{uuid.uuid4().hex[:8]}:"
+    conn = redis.Redis.from_url(redis_url)
+    params = mlp.init_params(SIZES, np.random.default_rng(0))
+    Registry(conn, Keys(prefix)).publish(MODEL, serialization.model_to_bytes(params, {}), {"bench": True})
+    x, y, source = test_images()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-client-"))
+    npz = tmp / "images.npz"
+    np.savez(npz, x_test=x.reshape(-1, 28, 28), y_test=y)
+    out = tmp / "out.csv"
+    (tmp / "prometheus").mkdir()
+    process, url = start_server(redis_url, prefix, tmp / "prometheus")
+    body = x.tobytes()
+    session = requests.Session()
+    raw: list[float] = []
+    rates: dict[int, list[float]] = {s: [] for s in sizes}
+    inproc: list[float] = []
+    startup: list[float] = []
+    try:
+        raw_rate(session, url, body)  # warm-up: the model loads, connections open, bytecode is cached
+        command_rate(url, npz, out, DEFAULT_PREDICT_BATCH)
+        pipeline_rate(url, npz, out)
+        for _ in range(args.rounds):
+            for size in sizes:
+                raw.append(raw_rate(session, url, body))
+                rates[size].append(command_rate(url, npz, out, size))
+            inproc.append(pipeline_rate(url, npz, out))
+            startup.append(startup_seconds())
+        rows_written = sum(1 for _ in out.open()) - 1
+    finally:
+        session.close()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        for key in conn.scan_iter(match=f"{prefix}*", count=1000):
+            conn.delete(key)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert rows_written == IMAGES, rows_written
+    report(args, source, statistics.median(raw), rates, statistics.median(inproc), statistics.median(startup))
+
+
+def report(
+    args: argparse.Namespace,
+    source: str,
+    raw: float,
+    rates: dict[int, list[float]],
+    inproc: float,
+    startup: float,
+) -> None:
+    """Print the Markdown table and save the results."""
+    medians = {size: statistics.median(values) for size, values in rates.items()}
+
+    def row(measure: str, rate: float, target: str = "") -> dict[str, str]:
+        shown = f"{rate:,.0f} img/s ({IMAGES / rate:.2f} s)"
+        return {"measure": measure, "rate": shown, "ratio": f"{100 * rate / raw:.0f} %", "target": target}
+
+    rows = [row("(a) raw HTTP: one 10,000-image uint8 POST, answer parsed", raw)]
+    for size in medians:
+        default = size == DEFAULT_PREDICT_BATCH
+        label = f"(b) `mnist predict` NPZ → CSV, --batch-size {size}{' (default)' if default else ''}"
+        rows.append(row(label, medians[size], "≥ 50 %" if default else ""))
+    rows.append(row("(c) the same command in-process (no interpreter start-up)", inproc))
+    rows.append(
+        {
+            "measure": "start-up: `python -c 'import client.cli, client.remote, …'`",
+            "rate": f"{startup:.2f} s",
+            "ratio": "",
+            "target": "",
+        }
+    )
+    print(
+        f"\n{IMAGES:,} images ({source}), model {'-'.join(map(str, SIZES))}, {os.cpu_count()} CPUs,"
+        f" load average {os.getloadavg()[0]:.1f}, medians of {args.rounds} interleaved rounds\n"
+    )
+    print_table(rows)
+    ratio = medians[DEFAULT_PREDICT_BATCH] / raw
+    path = save_results(
+        "client",
+        {
+            "config": {
+                "images": IMAGES,
+                "source": source,
+                "model": list(SIZES),
+                "cpus": os.cpu_count(),
+                "load_average": os.getloadavg()[0],
+                "default_batch_size": DEFAULT_PREDICT_BATCH,
+                "rounds": args.rounds,
+            },
+            "raw_images_per_s": raw,
+            "command_images_per_s": {str(s): r for s, r in medians.items()},
+            "in_process_images_per_s": inproc,
+            "startup_s": startup,
+            "ratio": ratio,
+            "ratios": {str(s): r / raw for s, r in medians.items()},
+            "target": TARGET,
+            "met": ratio >= TARGET,
+        },
+    )
+    print(f"\nsaved {path}")
+
+
+if __name__ == "__main__":
+    main()

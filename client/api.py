@@ -1,0 +1,423 @@
+"""The typed Python client of the service: jobs, models, datasets and batch predictions.
+
+    from client.api import Client
+    client = Client("http://127.0.0.1:8000", token=os.environ["MNIST_API_TOKEN"])
+    result = client.predict(images)           # (N, 784) or (N, 28, 28) uint8
+    result.labels, result.probabilities       # (N,), (N, 10)
+
+Retry policy: a connection that cannot be opened is retried for every request (nothing reached
+the server). A 500/502/503/504 answer or a broken read is retried only for requests that are
+safe to repeat: GET, PUT, DELETE and the prediction POSTs (a prediction changes nothing).
+`submit` and `upload_dataset` are POSTs that the server may have carried out before it failed:
+they are sent once past the connection, so a retry can never queue a job twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+#: Seconds to wait for a connection and then for each read of an answer (seconds).
+DEFAULT_TIMEOUT = 60.0
+#: Retries after the first attempt (count).
+DEFAULT_RETRIES = 3
+#: Backoff factor: waits of 0, 2×, 4×… this many seconds between retries (seconds); 3 retries span 1.5 s.
+DEFAULT_BACKOFF = 0.25
+#: Images per prediction request; the server refuses more than MNIST_MAX_BATCH (10,000).
+DEFAULT_BATCH_SIZE = 2000
+#: Statuses that mean "try again": a failing or restarting server, or a proxy in front of it.
+RETRY_STATUSES = (500, 502, 503, 504)
+#: Methods retried on a retry status or a broken read: the ones that may be repeated.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: Seconds an event stream may stay silent before it counts as broken (the server pings every 15 s).
+EVENTS_READ_TIMEOUT = 45.0
+#: Pixels per image and classes per prediction.
+PIXELS, CLASSES = 784, 10
+
+
+class ClientError(Exception):
+    """An error answer of the service, or a failure to reach it.
+
+    `status` and `code` are the service's (e.g. "Not Found" and 404); `code` is None when no
+    answer came back. `errors` maps fields to their problems for validation errors.
+    """
+
+    def __init__(
+        self, status: str, code: int | None, message: str, errors: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.errors = errors
+
+    def __str__(self) -> str:
+        head = f"{self.code} {self.status}: " if self.code is not None else ""
+        tail = f" ({_flatten(self.errors)})" if self.errors else ""
+        return f"{head}{self.message}{tail}"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Answers for N images: labels (N,) int64, probabilities (N, 10) float32, versions (N,) int64."""
+
+    model: str
+    labels: np.ndarray
+    probabilities: np.ndarray
+    versions: np.ndarray
+
+    @property
+    def version(self) -> int:
+        """Return the version that answered, when one version answered every image."""
+        found = np.unique(self.versions)
+        if len(found) != 1:
+            raise ValueError(f"versions {found.tolist()} answered: read .versions")
+        return int(found[0])
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """Return the probability of each predicted label (N,)."""
+        return self.probabilities[np.arange(len(self.labels)), self.labels]
+
+    def top_k(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the k most probable labels (N, k) and their probabilities (N, k), best first."""
+        order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+        return order, np.take_along_axis(self.probabilities, order, axis=1)
+
+
+class Client:
+    """One HTTP session to the service at `url`, with timeouts, retries and the bearer token."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        predict_token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.predict_token = predict_token if predict_token is not None else token
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "mnist-client/1"
+        self.session.mount("http://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
+        self.session.mount("https://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
+        # The only POSTs under /v1/models/ are predictions: those may be repeated too.
+        predictions = HTTPAdapter(max_retries=self._retry(IDEMPOTENT | {"POST"}))
+        self.session.mount(f"{self.url}/v1/models/", predictions)
+
+    def _retry(self, methods: frozenset[str]) -> Retry:
+        return Retry(
+            total=self.retries,
+            connect=self.retries,
+            read=self.retries,
+            status=self.retries,
+            other=0,
+            allowed_methods=methods,
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=self.backoff,
+            raise_on_status=False,  # the last answer's JSON error says more than "too many retries"
+            respect_retry_after_header=True,
+        )
+
+    def close(self) -> None:
+        """Close the session's connections."""
+        self.session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- Jobs -----------------------------------------------------------------------------------
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Queue a training job (a spec with the fields of `mnist train`'s flags); return its view."""
+        return self._json("POST", "/v1/jobs", json=spec, auth=True)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """Return a job's view: status, progress, result or error."""
+        return self._json("GET", f"/v1/jobs/{_segment(job_id)}")
+
+    def jobs(self, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return recent jobs, newest first, optionally only those in `status`."""
+        params = {k: v for k, v in (("status", status), ("limit", limit)) if v is not None}
+        return self._json("GET", "/v1/jobs", params=params)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job; return its view (status "canceled", or still stopping)."""
+        return self._json("DELETE", f"/v1/jobs/{_segment(job_id)}", auth=True)
+
+    def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield (event, job view) from the job's event stream until it ends ("end") or fails ("error").
+
+        A stream that breaks before its end is reopened (up to `retries` times in a row): the
+        server starts each stream with the job's current view.
+        """
+        path = f"/v1/jobs/{_segment(job_id)}/events"
+        failures = 0
+        while True:
+            try:
+                response = self._send("GET", path, stream=True, read_timeout=EVENTS_READ_TIMEOUT)
+                with response:
+                    for name, data in parse_sse(response.iter_lines()):
+                        failures = 0
+                        yield name, data
+                        if name in ("end", "error"):
+                            return
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
+                pass
+            except ClientError as exc:
+                if exc.code is not None:
+                    raise
+            failures += 1
+            if failures > self.retries:
+                raise ClientError("Unreachable", None, f"the event stream of job {job_id} keeps breaking")
+            time.sleep(self.backoff * 2 ** (failures - 1))
+
+    # --- Models ---------------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        """Return every model: name, latest version, number of versions, aliases."""
+        return self._json("GET", "/v1/models")
+
+    def model(self, name: str) -> dict[str, Any]:
+        """Return a model: its versions (oldest first) with metrics, and its aliases."""
+        return self._json("GET", f"/v1/models/{_segment(name)}")
+
+    def version(self, name: str, version: int) -> dict[str, Any]:
+        """Return one version's metadata: metrics, learning curve, lineage."""
+        return self._json("GET", f"/v1/models/{_segment(name)}/versions/{int(version)}")
+
+    def weights(self, name: str, version: int) -> bytes:
+        """Return one version's model file (.npz bytes)."""
+        return self._send("GET", f"/v1/models/{_segment(name)}/versions/{int(version)}/weights").content
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
+        """Point `alias` at a version; return {"model", "alias", "version", "previous"}."""
+        path = f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}"
+        return self._json("PUT", path, json={"version": int(version)}, auth=True)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove an alias (the version it named stays)."""
+        self._send("DELETE", f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}", auth=True)
+
+    # --- Datasets -------------------------------------------------------------------------------
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """Return the built-in datasets (with availability on the server), then the uploaded ones."""
+        return self._json("GET", "/v1/datasets")
+
+    def upload_dataset(self, name: str, data: bytes, format: str | None = None) -> dict[str, Any]:
+        """Upload a dataset file (npz, csv or a zip/tar of idx files) under `name`; return its entry."""
+        params = {"format": format} if format else None
+        # Its own connection: after an early refusal (413, 409) gunicorn closes the connection.
+        headers = {"Content-Type": "application/octet-stream", "Connection": "close"}
+        return self._json(
+            "POST", f"/v1/datasets/{_segment(name)}", data=data, params=params, headers=headers, auth=True
+        )
+
+    def delete_dataset(self, name: str) -> None:
+        """Delete an uploaded dataset."""
+        self._send("DELETE", f"/v1/datasets/{_segment(name)}", auth=True)
+
+    # --- Predictions ----------------------------------------------------------------------------
+
+    def predict(
+        self,
+        images: np.ndarray,
+        model: str = "mnist",
+        version: int | None = None,
+        alias: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        top_k: int | None = None,
+    ) -> Prediction:
+        """Classify uint8 images (N, 784) or (N, 28, 28), sent as raw bytes in requests of `batch_size`.
+
+        Without `version` or `alias` the server answers with `production`, else the latest.
+        `top_k` is checked here (1–10); read the k best with `Prediction.top_k(k)`.
+        """
+        if version is not None and alias is not None:
+            raise ValueError("give a version or an alias, not both")
+        if top_k is not None and not 1 <= top_k <= CLASSES:
+            raise ValueError(f"top_k must be from 1 to {CLASSES}, got {top_k}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        rows = as_pixels(images)
+        path = predict_path(model, version, alias)
+        parts = [self.predict_raw(path, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+        if not parts:
+            empty = np.zeros(0, np.int64)
+            return Prediction(model, empty, np.zeros((0, CLASSES), np.float32), empty)
+        return Prediction(
+            model=parts[0].model,
+            labels=np.concatenate([p.labels for p in parts]),
+            probabilities=np.concatenate([p.probabilities for p in parts]),
+            versions=np.concatenate([p.versions for p in parts]),
+        )
+
+    def predict_raw(self, path: str, rows: np.ndarray) -> Prediction:
+        """POST one batch of uint8 rows (n, 784) to a predict `path`; return the answers."""
+        headers = {"Content-Type": "application/octet-stream"}
+        response = self._send("POST", path, data=rows.tobytes(), headers=headers, auth="predict")
+        return parse_predictions(response.content)
+
+    # --- Plumbing -------------------------------------------------------------------------------
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        response = self._send(method, path, **kw)
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise ClientError(
+                response.reason or "Bad Answer", response.status_code, f"{method} {path}: not a JSON answer"
+            ) from None
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: bool | str = False,
+        headers: dict[str, str] | None = None,
+        read_timeout: float | None = None,
+        **kw: Any,
+    ) -> requests.Response:
+        """Send a request; return a 2xx/3xx response or raise ClientError."""
+        headers = dict(headers or {})
+        token = self.predict_token if auth == "predict" else self.token if auth else None
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = (self.timeout, read_timeout or self.timeout)
+        try:
+            response = self.session.request(method, self.url + path, headers=headers, timeout=timeout, **kw)
+        except requests.exceptions.RetryError as exc:
+            raise ClientError("Unreachable", None, f"{method} {self.url}{path}: {_reason(exc)}") from None
+        except requests.ConnectionError as exc:
+            raise ClientError(
+                "Unreachable", None, f"cannot reach {self.url} ({_reason(exc)}); is the service running?"
+            ) from None
+        except requests.Timeout:
+            raise ClientError(
+                "Timeout", None, f"{method} {self.url}{path}: no answer within {self.timeout:g} s"
+            ) from None
+        if response.status_code >= 400:
+            raise error_from(response)
+        return response
+
+
+def error_from(response: requests.Response) -> ClientError:
+    """Return the ClientError that an error answer describes (the service's {code, status, message})."""
+    code = response.status_code
+    status = response.reason or "Error"
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        text = response.text.strip().splitlines()
+        return ClientError(status, code, text[0][:200] if text else f"HTTP {code}")
+    message = body.get("message") or body.get("error") or f"HTTP {code}"
+    errors = body.get("errors") if isinstance(body.get("errors"), dict) else None
+    return ClientError(str(body.get("status") or status), code, str(message), errors)
+
+
+def parse_predictions(body: bytes) -> Prediction:
+    """Return the Prediction of one v1 answer {"model", "model_version", "predictions"}."""
+    answer = orjson.loads(body)
+    predictions = answer["predictions"]
+    n = len(predictions)
+    probabilities = np.array([p["probabilities"] for p in predictions], dtype=np.float32).reshape(n, CLASSES)
+    labels = np.fromiter((p["label"] for p in predictions), dtype=np.int64, count=n)
+    versions = np.full(n, int(answer["model_version"]), dtype=np.int64)
+    return Prediction(answer["model"], labels, probabilities, versions)
+
+
+def predict_path(model: str, version: int | None = None, alias: str | None = None) -> str:
+    """Return the v1 predict route of a model, one of its versions, or an alias."""
+    if version is not None:
+        return f"/v1/models/{_segment(model)}/versions/{int(version)}:predict"
+    if alias is not None:
+        return f"/v1/models/{_segment(model)}/labels/{_segment(alias)}:predict"
+    return f"/v1/models/{_segment(model)}:predict"
+
+
+def as_pixels(images: np.ndarray) -> np.ndarray:
+    """Return images as C-contiguous uint8 rows (N, 784); ValueError for another shape or range."""
+    array = np.asarray(images)
+    if array.ndim == 2 and array.shape[1] == PIXELS or array.ndim == 3 and array.shape[1:] == (28, 28):
+        rows = array.reshape(len(array), PIXELS)
+    else:
+        raise ValueError(f"images have shape {array.shape}: expected (N, 784) or (N, 28, 28)")
+    if rows.dtype != np.uint8:
+        if rows.dtype.kind not in "iu":
+            raise ValueError(f"images have dtype {rows.dtype}: expected uint8 pixels 0-255")
+        if rows.size and (rows.min() < 0 or rows.max() > 255):
+            raise ValueError("images hold values outside 0-255")
+        rows = rows.astype(np.uint8)
+    return np.ascontiguousarray(rows)
+
+
+def parse_sse(lines: Iterator[bytes | str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (event name, JSON data) from Server-Sent Events lines; comments and `retry:` are skipped."""
+    name, data = "message", list[str]()
+    for raw in lines:
+        line = raw.decode() if isinstance(raw, bytes) else raw
+        if not line:
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+def _segment(value: str) -> str:
+    """Return a path segment, refusing what would change the path (the server checks names)."""
+    text = str(value)
+    if not text or any(c in text for c in "/?#%") or text in (".", ".."):
+        raise ValueError(f"{text!r} is not a valid name")
+    return text
+
+
+def _reason(exc: Exception) -> str:
+    """Return the innermost reason of a requests/urllib3 error, on one line."""
+    reason: Any = exc
+    for _ in range(5):
+        inner = getattr(reason, "reason", None) or (reason.args[0] if getattr(reason, "args", None) else None)
+        if inner is None or inner is reason or isinstance(inner, str):
+            break
+        reason = inner
+    text = str(reason)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "unknown host"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _flatten(errors: Any) -> str:
+    if isinstance(errors, dict):
+        return "; ".join(f"{k}: {_flatten(v)}" for k, v in errors.items())
+    if isinstance(errors, list):
+        return ", ".join(_flatten(e) for e in errors)
+    return str(errors)
