@@ -50,7 +50,7 @@ def prepare(
     `allow_paths=False` (the worker) reads only built-in and uploaded datasets, never a file
     that a job spec names.
     """
-    config = make_config(spec.get("recipe"), **spec_to_config_fields(spec))
+    config = make_config(spec.get("recipe"), dataset=spec["dataset"], **spec_to_config_fields(spec))
     data = datasets.load(spec["dataset"], uploaded=uploaded, allow_paths=allow_paths)
     if memory_budget is not None:
         need = estimate_memory(config, len(data.y_train))

@@ -62,6 +62,9 @@ class TrainConfig:
     max_shift: float = 0.0
     max_rotation: float = 0.0
     max_scale: float = 0.0
+    #: Elastic distortion strength in pixels (0 = none) and smoothness, with augment="affine".
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 4.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -286,7 +289,13 @@ class Trainer:
             x = mlp.scale_pixels(augment.random_shifts(self.x_raw, int(cfg.max_shift), rng), self.dtype)
         elif cfg.augment == "affine":
             moved = augment.random_affine(
-                self.x_raw, rng, max_shift=cfg.max_shift, max_rotation=cfg.max_rotation, max_scale=cfg.max_scale
+                self.x_raw,
+                rng,
+                max_shift=cfg.max_shift,
+                max_rotation=cfg.max_rotation,
+                max_scale=cfg.max_scale,
+                elastic_alpha=cfg.elastic_alpha,
+                elastic_sigma=cfg.elastic_sigma,
             )
             x = mlp.scale_pixels(moved, self.dtype)
         else:

@@ -182,3 +182,13 @@ def test_schema_messages_are_readable() -> None:
     assert errors({"model": "../x"})["model"] == [f"must match {schemas.NAME_PATTERN}"]
     assert errors({"epochs": 2, "iterations": 10})["iterations"] == ["give epochs or iterations, not both"]
     assert errors({"layers": 3})["layers"] == ["Unknown field."]
+
+
+def test_the_default_recipe_adapts_to_fashion_mnist_but_explicit_fields_still_win() -> None:
+    digits = make_config(None, dataset="mnist-sample")
+    clothes = make_config(None, dataset="fashion-mnist")
+    assert digits.augment == "affine" and clothes.augment == "none"
+    assert clothes.max_rotation == 0 and clothes.epochs == 20
+    assert clothes.hidden == digits.hidden and clothes.optimizer == digits.optimizer
+    assert make_config("default", dataset="fashion-mnist", augment="shift").augment == "shift"
+    assert make_config("seed", dataset="fashion-mnist") == make_config("seed")

@@ -1,0 +1,251 @@
+"""Training jobs on RQ: submit, look up, list and cancel, as the API and the tests need them.
+
+A job's status is one of `JobState`; RQ's finer states fold into it (scheduled and deferred
+are queued, RQ's own stop is canceled). A running job cancels cooperatively: a stop flag that
+the training loop reads between steps, so it ends as `canceled` with nothing published.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from shared import datasets
+from shared.config import Settings
+from shared.dataset_store import DatasetStore
+from shared.errors import InvalidInput, JobNotFound, MnistError
+from shared.keys import Keys
+from shared.recipes import make_config
+from shared.schemas import spec_to_config_fields
+from shared.training import estimate_memory
+
+#: The job function, by import path (RQ's JSON serializer stores it as a string).
+TRAIN_FUNCTION = "worker.tasks.train"
+#: Seconds the stop flag of a job lives (long enough for a worker to read it).
+STOP_FLAG_TTL = 3600
+#: Seconds DELETE waits for a running job to acknowledge its stop before answering.
+CANCEL_WAIT = 5.0
+
+
+class JobState(str, enum.Enum):
+    """Where a training job is; the `status` field of the API."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def ended(self) -> bool:
+        """Return True for the states a job never leaves."""
+        return self in (JobState.FINISHED, JobState.FAILED, JobState.CANCELED)
+
+
+class JobConflict(MnistError):
+    """An operation that the job's state forbids (cancelling a finished job)."""
+
+    status = 409
+
+
+_RQ_TO_STATE = {
+    JobStatus.QUEUED: JobState.QUEUED,
+    JobStatus.SCHEDULED: JobState.QUEUED,
+    JobStatus.DEFERRED: JobState.QUEUED,
+    JobStatus.STARTED: JobState.STARTED,
+    JobStatus.FINISHED: JobState.FINISHED,
+    JobStatus.FAILED: JobState.FAILED,
+    JobStatus.CANCELED: JobState.CANCELED,
+    JobStatus.STOPPED: JobState.CANCELED,
+}
+
+
+class Jobs:
+    """Training jobs of one deployment (one key prefix, one queue)."""
+
+    def __init__(self, conn: redis.Redis, settings: Settings) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.queue = Queue(settings.queue, connection=conn, serializer=JSONSerializer)
+
+    def check_memory(self, spec: dict[str, Any]) -> None:
+        """Raise InvalidInput when the spec would need more memory than a job may take."""
+        config = make_config(spec.get("recipe"), dataset=spec["dataset"], **spec_to_config_fields(spec))
+        size = self.dataset_size(spec["dataset"])
+        if size is None:
+            return  # unknown until the worker reads it; the worker checks again
+        need = estimate_memory(config, size)
+        budget = self.settings.max_job_memory_mb * 2**20
+        if need > budget:
+            raise InvalidInput(
+                f"this job needs about {need / 2**20:,.0f} MiB, above the {self.settings.max_job_memory_mb} MiB"
+                " budget of a job: use fewer or smaller hidden layers or a smaller batch_size",
+                {"batch_size": ["too large for the memory budget"]},
+            )
+
+    def dataset_size(self, name: str) -> int | None:
+        """Return the training-set size of a built-in or uploaded dataset, or None if unknown."""
+        known = datasets.BUILTIN_TRAIN_SIZES.get(name)
+        if known is not None:
+            return known
+        try:
+            return int(DatasetStore(self.conn, self.keys).info(name)["train_size"])
+        except MnistError:
+            return None
+
+    def submit(self, spec: dict[str, Any]) -> Job:
+        """Enqueue a validated spec; return the RQ job (retried up to `job_retries` times if its worker dies)."""
+        self.check_memory(spec)
+        job = self.queue.enqueue(
+            TRAIN_FUNCTION,
+            spec,
+            job_timeout=self.settings.job_timeout,
+            result_ttl=self.settings.result_ttl,
+            failure_ttl=self.settings.result_ttl,
+            retry=Retry(max=self.settings.job_retries) if self.settings.job_retries else None,
+            meta={"spec": spec, "submitted_at": _now()},
+        )
+        self.conn.zadd(self.keys.jobs(), {job.id: time.time()})
+        return job
+
+    def fetch(self, job_id: str) -> Job:
+        """Return the job `job_id`; JobNotFound if RQ does not know it."""
+        if not job_id or len(job_id) > 64:
+            raise JobNotFound(f"no job {job_id!r}")
+        try:
+            job = Job.fetch(job_id, connection=self.conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            raise JobNotFound(f"no job {job_id!r}") from None
+        if job.origin != self.queue.name:
+            # Another deployment's (or another RQ app's) job in the same Redis is not ours to show.
+            raise JobNotFound(f"no job {job_id!r}")
+        return job
+
+    def state(self, job: Job) -> JobState:
+        """Return the job's `JobState`."""
+        if job.meta.get("canceled"):
+            return JobState.CANCELED
+        status = job.get_status(refresh=False)
+        return _RQ_TO_STATE.get(status, JobState.QUEUED) if status else JobState.QUEUED
+
+    def describe(self, job: Job) -> dict[str, Any]:
+        """Return the API view of a job: status, progress, result or error, timing."""
+        state = self.state(job)
+        meta = job.meta
+        result = None
+        if state is JobState.FINISHED:
+            value = job.return_value()
+            if isinstance(value, dict):
+                result = {k: value.get(k) for k in ("model", "version", "metrics")}
+        error = meta.get("error")
+        if state is JobState.FAILED and not error:
+            error = _last_line(_rq_error(job)) or "the job failed"
+        return {
+            "id": job.id,
+            "status": state.value,
+            "spec": meta.get("spec") or (job.args[0] if job.args else None),
+            "progress": meta.get("progress"),
+            "curve": meta.get("curve", []),
+            "result": result,
+            "error": error if state is JobState.FAILED else None,
+            "attempts": meta.get("attempts", 0),
+            "resumed_from_iteration": meta.get("resumed_from_iteration"),
+            "dataset": meta.get("dataset"),
+            "created_at": _iso(job.enqueued_at) or meta.get("submitted_at"),
+            "started_at": _iso(job.started_at),
+            "ended_at": _iso(job.ended_at),
+        }
+
+    def recent(self, limit: int = 50, status: JobState | None = None) -> list[dict[str, Any]]:
+        """Return the newest jobs first (at most `limit`), optionally only those in `status`."""
+        found: list[dict[str, Any]] = []
+        start = 0
+        batch = max(limit, 50)
+        while len(found) < limit:
+            ids = self.conn.zrevrange(self.keys.jobs(), start, start + batch - 1)
+            if not ids:
+                break
+            start += batch
+            jobs = Job.fetch_many([i.decode() for i in ids], connection=self.conn, serializer=JSONSerializer)
+            gone = [i for i, j in zip(ids, jobs) if j is None]
+            if gone:
+                self.conn.zrem(self.keys.jobs(), *gone)  # expired from RQ: forget them here too
+                start -= len(gone)
+            for job in jobs:
+                if job is None:
+                    continue
+                view = self.describe(job)
+                if status is None or view["status"] == status.value:
+                    found.append(view)
+                    if len(found) == limit:
+                        break
+        return found
+
+    def counts(self) -> dict[str, int]:
+        """Return how many jobs RQ holds in each state for this queue."""
+        q = self.queue
+        return {
+            JobState.QUEUED.value: q.count + q.scheduled_job_registry.count + q.deferred_job_registry.count,
+            JobState.STARTED.value: q.started_job_registry.count,
+            JobState.FINISHED.value: q.finished_job_registry.count,
+            JobState.FAILED.value: q.failed_job_registry.count,
+            JobState.CANCELED.value: q.canceled_job_registry.count,
+        }
+
+    def cancel(self, job_id: str, wait: float = CANCEL_WAIT) -> Job:
+        """Cancel a queued job at once, or ask a running one to stop and wait up to `wait` s for it."""
+        job = self.fetch(job_id)
+        state = self.state(job)
+        if state.ended:
+            raise JobConflict(f"job {job_id} already {state.value}")
+        # The flag first: a worker that dequeues the job right now sees it before its first step.
+        self.conn.set(self.keys.stop(job.id), b"1", ex=STOP_FLAG_TTL)
+        if state is JobState.QUEUED:
+            try:
+                job.cancel()
+            except InvalidJobOperation:
+                pass  # it started meanwhile: the flag stops it
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            job = self.fetch(job_id)
+            if self.state(job).ended:
+                break
+            time.sleep(0.05)
+        return job
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat(timespec="seconds")
+
+
+def _rq_error(job: Job) -> str | None:
+    """Return the traceback RQ recorded for the job's last failed run (job.exc_info is deprecated)."""
+    latest = job.latest_result()
+    if latest is not None and latest.type == Result.Type.FAILED:
+        return latest.exc_string
+    return None
+
+
+def _last_line(text: str | None) -> str | None:
+    if not text:
+        return None
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
