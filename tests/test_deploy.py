@@ -73,6 +73,16 @@ def _start_up(env: dict[str, str], port: int) -> subprocess.Popen:
     )
 
 
+def _kill_everything(proc: subprocess.Popen, known: list[int]) -> None:
+    """SIGKILL `mnist up` and everything it started (honcho gives each process its own session)."""
+    for pid in {*known, *descendants(proc.pid), proc.pid}:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(10)
+
+
 def _wait_ready(proc: subprocess.Popen, url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -120,6 +130,7 @@ def test_mnist_up_serves_and_leaves_no_process_behind(sig: int, stack_env, tmp_p
     env = stack_env.environ()
     proc = _start_up(env, port)
     url = f"http://127.0.0.1:{port}"
+    tree: list[int] = []
     try:
         _wait_ready(proc, url)
         # The web process answers and the two training workers registered with RQ.
@@ -135,7 +146,7 @@ def test_mnist_up_serves_and_leaves_no_process_behind(sig: int, stack_env, tmp_p
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_everything(proc, tree)
     assert proc.returncode == 0, out
     deadline = time.monotonic() + 10
     while _alive(tree) and time.monotonic() < deadline:
@@ -150,6 +161,7 @@ def test_mnist_up_starts_a_private_redis_when_none_answers(stack_env, tmp_path: 
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     env = stack_env.environ(REDIS_URL=dead)
     proc = _start_up(env, port)
+    redis_pids: list[int] = []
     try:
         _wait_ready(proc, f"http://127.0.0.1:{port}")
         ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
@@ -161,7 +173,7 @@ def test_mnist_up_starts_a_private_redis_when_none_answers(stack_env, tmp_path: 
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_everything(proc, redis_pids)
     assert "starting a private redis-server" in out
     time.sleep(0.5)
     assert _alive(redis_pids) == []

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import redis
 import swagger_ui_bundle
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from flask import Flask, send_from_directory
 from flask_smorest import Api
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from services.api import errors, metrics
 from services.api.context import EXTENSION, Services
+from shared import __version__
 from shared.config import Settings
 from shared.dataset_store import DatasetStore
 from shared.jobs import Jobs
@@ -30,7 +32,7 @@ from shared.registry import Registry
 log = logging.getLogger(__name__)
 
 #: Service version reported by /v2 and the OpenAPI document.
-VERSION = "0.1.0"
+VERSION = __version__
 #: Seconds a Redis command may take before the request falls back or fails (never hangs).
 REDIS_SOCKET_TIMEOUT = 2.0
 #: Retries of a Redis command after a connection error (redis-py's default, 10, makes each

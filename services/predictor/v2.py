@@ -24,7 +24,6 @@ from flask import Response, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
-from services.api import VERSION
 from services.api.auth import check_predict_token
 from services.api.context import services
 from services.api.health import readiness
@@ -32,6 +31,7 @@ from services.api.metrics import IMAGES
 from services.predictor import decode
 from services.predictor.cache import REDIS_ERRORS, LoadedModel
 from services.predictor.v1 import error_docs
+from shared import __version__ as VERSION
 from shared import mlp
 from shared.errors import InvalidInput, ServiceUnavailable
 from shared.registry import check_name, check_version
