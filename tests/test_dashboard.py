@@ -253,14 +253,19 @@ def test_every_view_at_desktop_and_phone_size(
         assert not tab.errors, tab.errors
 
 
+#: Epochs of the job watched from the page (two series, so twice as many points per chart).
+EPOCHS = 40
+
+
 def test_submit_a_job_and_watch_its_curves_grow(tab: Tab, server: Server, worker: Process) -> None:
     tab.open("training")
     form = tab.page.locator("#job-form")
     form.locator("[name=model]").fill("live-curve")
-    form.locator("[name=hidden]").fill("32")
+    # Long enough (a few seconds even on an idle machine) to watch the curve grow in steps.
+    form.locator("[name=hidden]").fill("256")
     form.locator("[name=learning_rate]").fill("0.003")
     form.locator("[name=batch_size]").fill("64")
-    form.locator("[name=epochs]").fill("6")
+    form.locator("[name=epochs]").fill(str(EPOCHS))
     form.locator("button[type=submit]").click()
     tab.give_token(server.env.token)  # the first write asks for the token
 
@@ -282,9 +287,9 @@ def test_submit_a_job_and_watch_its_curves_grow(tab: Tab, server: Server, worker
         time.sleep(0.1)
     assert status == "finished", (status, tab.page.inner_text("#watch-message"))
     # Two series (train and validation loss), one point per epoch, drawn as they came.
-    assert seen == sorted(seen) and seen[-1] == 12, seen
-    assert len([p for p in seen if 0 < p < 12]) >= 1, f"the curve never grew step by step: {seen}"
-    assert tab.page.locator("#chart-accuracy").get_attribute("data-points") == "12"
+    assert seen == sorted(seen) and seen[-1] == 2 * EPOCHS, seen
+    assert len([p for p in seen if 0 < p < 2 * EPOCHS]) >= 1, f"the curve never grew step by step: {seen}"
+    assert tab.page.locator("#chart-accuracy").get_attribute("data-points") == str(2 * EPOCHS)
     tab.page.wait_for_selector("#watch-message a")
     assert "live-curve v1" in tab.page.inner_text("#watch-message")
     tab.shot("training-finished-desktop")

@@ -102,6 +102,17 @@ class Live:
         return body["model_version"], body["predictions"][0]["label"]
 
 
+def serving_processes(live: Live, model: str, version: int) -> int:
+    """Return how many server processes report serving `version` of `model` in /metrics."""
+    text = requests.get(live.url("/metrics"), timeout=30).text
+    prefix = "mnist_model_version_served{"
+    return sum(
+        1
+        for line in text.splitlines()
+        if line.startswith(prefix) and f'model="{model}"' in line and float(line.rsplit(" ", 1)[1]) == version
+    )
+
+
 def settles(check: Callable[[], bool], timeout: float = 10.0, streak: int = 10) -> float:
     """Wait until `check` holds `streak` times in a row (so every worker agrees); return the seconds."""
     started = time.monotonic()
@@ -491,6 +502,9 @@ def test_predictions_survive_a_redis_outage_and_reload_after_it(
     try:
         live = Live(server, registry, client, Keys(env.prefix), {})
         settles(lambda: live.answer("steady") == (v1, 3))
+        # Both gunicorn workers must hold the model before Redis goes: /healthz answers as soon
+        # as one of them is up, and the other may still be booting.
+        settles(lambda: serving_processes(live, "steady", v1) == 2, timeout=30, streak=1)
 
         private_redis.kill()
         assert all(live.answer("steady") == (v1, 3) for _ in range(10))
