@@ -120,7 +120,9 @@ def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--torch-run":
         print(torch_run(sys.argv[2], int(sys.argv[3])))
         return 0
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-sizes", default="64,256,0")
     parser.add_argument("--dataset", default="fashion-mnist")

@@ -7,8 +7,9 @@ One frozen dataclass read once per process (`Settings.from_env()`); tests build 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Mapping
+from typing import Any
 
 #: Redis server of the registry and the queues.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -52,16 +53,14 @@ class Settings:
     poll_interval: float = _env_field("MNIST_POLL_INTERVAL", 2.0, "seconds between registry polls")
     model_cache_size: int = _env_field("MNIST_MODEL_CACHE", 8, "pinned versions held in memory")
     max_batch: int = _env_field("MNIST_MAX_BATCH", 10_000, "images per prediction request")
-    max_body_bytes: int = _env_field(
-        "MNIST_MAX_BODY_BYTES", 64 * 1024 * 1024, "bytes per request body"
-    )
+    max_body_bytes: int = _env_field("MNIST_MAX_BODY_BYTES", 64 * 1024 * 1024, "bytes per request body")
     max_dataset_bytes: int = _env_field(
         "MNIST_MAX_DATASET_BYTES", 128 * 1024 * 1024, "bytes per dataset upload"
     )
     default_model: str = _env_field("MNIST_DEFAULT_MODEL", "mnist", "model name of /v1/jobs")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every field from its environment variable, else keep its default."""
         environ = os.environ if environ is None else environ
         values = {}
@@ -69,11 +68,11 @@ class Settings:
             raw = environ.get(f.metadata["env"])
             if raw is None or raw == "":
                 continue
-            kind = type(f.default)
+            kind: Callable[[str], Any] = type(f.default)
             try:
                 values[f.name] = kind(raw)
             except ValueError as exc:
-                raise ValueError(f"{f.metadata['env']}={raw!r}: expected {kind.__name__}") from exc
+                raise ValueError(f"{f.metadata['env']}={raw!r}: expected {type(f.default).__name__}") from exc
         return cls(**values)
 
     @property

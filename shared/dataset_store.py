@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -35,12 +35,12 @@ class DatasetStore:
         if data.x_test is not None and data.y_test is not None:
             arrays |= {"x_test": data.x_test, "y_test": data.y_test}
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, allow_pickle=False, **arrays)  # type: ignore[arg-type]
         blob = buf.getvalue()
         info = {
             **data.info(),
             "stored_bytes": len(blob),
-            "uploaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "uploaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         # The blob first, then the entry that names it: a reader never finds a name without data.
         # WATCH makes "not taken" and the write one step when two uploads race for a name.
@@ -66,7 +66,7 @@ class DatasetStore:
         """Return the uploaded dataset `name`, or None when there is none."""
         blob = self.conn.get(self.keys.dataset_blob(name))
         raw_info = self.conn.hget(self.keys.datasets(), name)
-        if blob is None or raw_info is None:
+        if not isinstance(blob, bytes) or raw_info is None:
             return None
         info = json.loads(raw_info)
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:

@@ -41,7 +41,15 @@ PIXELS = 28 * 28
 DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
 #: Class names of Fashion-MNIST, by label.
 FASHION_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
     "Ankle boot",
 )
 #: The dataset used when none is named.
@@ -537,9 +545,7 @@ def _csv_error(data: list[str], start: int, name: str, label_last: bool) -> Data
         if not (value.isascii() and value.isdigit() and int(value) <= 255):
             if col == label_col:
                 return DatasetError(name, f"{where}: label {value[:20]!r} is not an integer 0-9")
-            return DatasetError(
-                name, f"{where}, column {col}: {value[:20]!r} is not an integer 0-255"
-            )
+            return DatasetError(name, f"{where}, column {col}: {value[:20]!r} is not an integer 0-255")
     return DatasetError(name, f"{where}: not integers 0-255")
 
 
@@ -584,9 +590,7 @@ def _check_npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, key
         raise DatasetError(name, f"array {key!r} has {shape[0]:,} rows; at most {MAX_IMAGES:,}")
     size = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if info.file_size != size:
-        raise DatasetError(
-            name, f"array {key!r} is {info.file_size:,} bytes; its header declares {size:,}"
-        )
+        raise DatasetError(name, f"array {key!r} is {info.file_size:,} bytes; its header declares {size:,}")
 
 
 def _read_npz_stream(stream: IO[bytes], name: str, source: str) -> Dataset:
@@ -771,9 +775,10 @@ def _fetch(url: str, dest: Path, sha256: str) -> None:
     try:
         h, size = hashlib.sha256(), 0
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
-                url, timeout=DOWNLOAD_TIMEOUT
-            ) as response:
+            with (
+                os.fdopen(fd, "wb") as out,
+                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response,
+            ):
                 while chunk := response.read(CHUNK_BYTES):
                     size += len(chunk)
                     if size > MAX_DOWNLOAD_BYTES:
@@ -786,9 +791,7 @@ def _fetch(url: str, dest: Path, sha256: str) -> None:
                 f"cannot download {url} ({reason}); {_mnist_missing(dest.parent)}"
             ) from None
         if h.hexdigest() != sha256:
-            raise DatasetError(
-                url, f"sha256 {h.hexdigest()} is not the expected {sha256}; download deleted"
-            )
+            raise DatasetError(url, f"sha256 {h.hexdigest()} is not the expected {sha256}; download deleted")
         with _reading(str(dest)):
             os.replace(tmp, dest)
     finally:
@@ -815,8 +818,7 @@ _BUILTINS = {
         1_000,
     ),
     "fashion-mnist": _Builtin(
-        "Zalando's 70,000 28x28 clothing images in 10 classes, from Debian's "
-        "dataset-fashion-mnist package",
+        "Zalando's 70,000 28x28 clothing images in 10 classes, from Debian's dataset-fashion-mnist package",
         _fashion_dir,
         _read_fashion,
         60_000,
@@ -870,8 +872,9 @@ def _read_path(path: Path, name: str) -> Dataset:
             ds = make_dataset(name, *read_csv(path / csv), source=str(path / csv))
         else:
             raise DatasetError(
-                name, "folder holds no dataset: expected IDX files (train-images-idx3-ubyte[.gz] "
-                "and friends), mnist.npz or train.csv"
+                name,
+                "folder holds no dataset: expected IDX files (train-images-idx3-ubyte[.gz] "
+                "and friends), mnist.npz or train.csv",
             )
         return replace(ds, name=name)
     lower = path.name.lower()

@@ -7,9 +7,10 @@ the training loop reads between steps, so it ends as `canceled` with nothing pub
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -36,7 +37,7 @@ STOP_FLAG_TTL = 3600
 CANCEL_WAIT = 5.0
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Where a training job is; the `status` field of the API."""
 
     QUEUED = "queued"
@@ -88,8 +89,9 @@ class Jobs:
         budget = self.settings.max_job_memory_mb * 2**20
         if need > budget:
             raise InvalidInput(
-                f"this job needs about {need / 2**20:,.0f} MiB, above the {self.settings.max_job_memory_mb} MiB"
-                " budget of a job: use fewer or smaller hidden layers or a smaller batch_size",
+                f"this job needs about {need / 2**20:,.0f} MiB, above the"
+                f" {self.settings.max_job_memory_mb} MiB budget of a job: use fewer or smaller hidden"
+                " layers or a smaller batch_size",
                 {"batch_size": ["too large for the memory budget"]},
             )
 
@@ -104,7 +106,10 @@ class Jobs:
             return None
 
     def submit(self, spec: dict[str, Any]) -> Job:
-        """Enqueue a validated spec; return the RQ job (retried up to `job_retries` times if its worker dies)."""
+        """Enqueue a validated spec; return the RQ job (retried up to `job_retries` times if its worker dies).
+
+        The memory pre-check runs first (InvalidInput when the spec would exceed the budget).
+        """
         self.check_memory(spec)
         job = self.queue.enqueue(
             TRAIN_FUNCTION,
@@ -172,12 +177,12 @@ class Jobs:
         start = 0
         batch = max(limit, 50)
         while len(found) < limit:
-            ids = self.conn.zrevrange(self.keys.jobs(), start, start + batch - 1)
+            ids: list[bytes] = self.conn.zrevrange(self.keys.jobs(), start, start + batch - 1)  # type: ignore[assignment]
             if not ids:
                 break
             start += batch
             jobs = Job.fetch_many([i.decode() for i in ids], connection=self.conn, serializer=JSONSerializer)
-            gone = [i for i, j in zip(ids, jobs) if j is None]
+            gone = [i for i, j in zip(ids, jobs, strict=False) if j is None]
             if gone:
                 self.conn.zrem(self.keys.jobs(), *gone)  # expired from RQ: forget them here too
                 start -= len(gone)
@@ -211,10 +216,8 @@ class Jobs:
         # The flag first: a worker that dequeues the job right now sees it before its first step.
         self.conn.set(self.keys.stop(job.id), b"1", ex=STOP_FLAG_TTL)
         if state is JobState.QUEUED:
-            try:
+            with contextlib.suppress(InvalidJobOperation):  # it started meanwhile: the flag stops it
                 job.cancel()
-            except InvalidJobOperation:
-                pass  # it started meanwhile: the flag stops it
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             job = self.fetch(job_id)
@@ -225,14 +228,14 @@ class Jobs:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.isoformat(timespec="seconds")
 
 

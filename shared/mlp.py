@@ -17,8 +17,9 @@ a known bug, not reproduced).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def init_params(
     if len(sizes) < 2:
         raise ValueError(f"need at least an input and an output size, got {list(sizes)}")
     params: Params = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=False):
         if init == "uniform":
             w = rng.uniform(-0.5, 0.5, size=(fan_out, fan_in))
             b = rng.uniform(-0.5, 0.5, size=fan_out)

@@ -6,16 +6,17 @@ way wherever it runs; they differ only in how they report progress and where the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
 from shared import datasets, mlp
+from shared.errors import InvalidInput
 from shared.recipes import make_config
 from shared.schemas import TrainingSpecSchema, spec_to_config_fields
-from shared.errors import InvalidInput
 from shared.training import Checkpoint, TrainConfig, Trainer, TrainResult, estimate_memory
 
 Uploaded = Callable[[str], "datasets.Dataset | None"]
@@ -91,6 +92,6 @@ def model_meta(run: Run, result: TrainResult, metrics: dict[str, Any], **extra: 
         "dataset": {"name": info["name"], "digest": info["digest"], "source": info["source"]},
         "metrics": metrics,
         "history": result.history,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **extra,
     }

@@ -79,7 +79,7 @@ HYPERPARAMETERS = (
 #: Fields that never switch a recipe's extras off (they do not change what is trained).
 NEUTRAL = ("seed",)
 #: What a recipe adds beyond the tutorial's loop, reset to "off" for plain runs.
-EXTRAS = {
+EXTRAS: dict[str, Any] = {
     "schedule": "constant",
     "warmup_steps": 0,
     "weight_decay": 0.0,
@@ -91,7 +91,7 @@ EXTRAS = {
     "elastic_alpha": 0.0,
 }
 #: Augmentation strengths that `augment` turns on when it is given explicitly.
-AUGMENT_DEFAULTS = {
+AUGMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {"max_shift": 0.0, "max_rotation": 0.0, "max_scale": 0.0},
     "shift": {"max_shift": 2.0, "max_rotation": 0.0, "max_scale": 0.0},
     "affine": {"max_shift": 2.0, "max_rotation": 12.0, "max_scale": 0.1},
@@ -99,7 +99,10 @@ AUGMENT_DEFAULTS = {
 
 
 def make_config(recipe: str | None = None, *, dataset: str | None = None, **fields: Any) -> TrainConfig:
-    """Return the config of `recipe` (None: "default") for `dataset`, explicit `fields` (None = unset) applied."""
+    """Return the config of `recipe` (None: "default") for `dataset`, with explicit `fields` applied.
+
+    A field given as None counts as unset.
+    """
     given = {k: v for k, v in fields.items() if v is not None}
     unknown = set(given) - set(HYPERPARAMETERS) - set(NEUTRAL)
     if unknown:

@@ -36,7 +36,9 @@ class TrainingSpecSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    model = fields.String(load_default="mnist", validate=name_field, metadata={"description": "registry name to publish under"})
+    model = fields.String(
+        load_default="mnist", validate=name_field, metadata={"description": "registry name to publish under"}
+    )
     dataset = fields.String(
         load_default="mnist-sample",
         validate=validate.Length(1, 256),
@@ -67,9 +69,7 @@ class TrainingSpecSchema(Schema):
     iterations = fields.Integer(load_default=None, validate=validate.Range(1, MAX_ITERATIONS))
     seed = fields.Integer(load_default=None, validate=validate.Range(0, 2**32 - 1))
     weight_decay = fields.Float(load_default=None, validate=validate.Range(0, 1), allow_nan=False)
-    validation_fraction = fields.Float(
-        load_default=None, validate=validate.Range(0, 0.5), allow_nan=False
-    )
+    validation_fraction = fields.Float(load_default=None, validate=validate.Range(0, 0.5), allow_nan=False)
     schedule = fields.String(load_default=None, validate=validate.OneOf(SCHEDULES))
     augment = fields.String(load_default=None, validate=validate.OneOf(("none", "shift", "affine")))
     patience = fields.Integer(load_default=None, validate=validate.Range(0, MAX_EPOCHS))

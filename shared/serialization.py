@@ -38,7 +38,7 @@ def architecture(params: list[np.ndarray]) -> dict[str, Any]:
 
 
 def _write(target: IO[bytes] | str | Path, arrays: dict[str, np.ndarray]) -> None:
-    np.savez(target, **arrays)
+    np.savez(target, allow_pickle=False, **arrays)  # type: ignore[arg-type]  # (numpy's stubs)
 
 
 def model_to_bytes(params: list[np.ndarray], meta: dict[str, Any]) -> bytes:
@@ -179,4 +179,3 @@ def checkpoint_from_bytes(data: bytes) -> Checkpoint:
         best_params=[arrays[f"best{i}"] for i in range(n_best)] if has_best else None,
         **state,
     )
-

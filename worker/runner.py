@@ -15,6 +15,7 @@ training loop stops at the next step, saves a checkpoint and hands the job back 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -54,10 +55,8 @@ class TrainingWorker(Worker):
         """In the worker: on shutdown, tell the horse at once instead of waiting for its job."""
         super().handle_warm_shutdown_request()
         if self.horse_pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.horse_pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
 def make_worker(settings: Settings, conn: redis.Redis, name: str | None = None) -> TrainingWorker:
@@ -77,7 +76,9 @@ def make_worker(settings: Settings, conn: redis.Redis, name: str | None = None) 
 def main() -> None:
     """Run one worker until SIGTERM/SIGINT (warm shutdown: the current job finishes)."""
     settings = Settings.from_env()
-    logging.basicConfig(level=os.environ.get("MNIST_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("MNIST_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s"
+    )
     conn = redis.Redis.from_url(settings.redis_url)
     worker = make_worker(settings, conn, name=os.environ.get("MNIST_WORKER_NAME"))
     worker.work(logging_level=os.environ.get("MNIST_LOG_LEVEL", "INFO"))

@@ -200,7 +200,13 @@ def _train(
     blob = serialization.model_to_bytes(result.params, meta)
     version = registry.publish(spec["model"], blob, meta, job_id=job.id)
     conn.delete(keys.checkpoint(job.id))
-    log.info("job %s: published %s v%d (test accuracy %s)", job.id, spec["model"], version, metrics["test_accuracy"])
+    log.info(
+        "job %s: published %s v%d (test accuracy %s)",
+        job.id,
+        spec["model"],
+        version,
+        metrics["test_accuracy"],
+    )
     return _result(job, spec["model"], version, metrics)
 
 
@@ -212,7 +218,7 @@ def _result(job: Job, model: str, version: int, metrics: dict[str, Any]) -> dict
 
 def _load_checkpoint(conn: redis.Redis, keys: Keys, job: Job) -> Checkpoint | None:
     blob = conn.get(keys.checkpoint(job.id))
-    if blob is None:
+    if not isinstance(blob, bytes):
         return None
     try:
         return serialization.checkpoint_from_bytes(blob)

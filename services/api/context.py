@@ -31,7 +31,7 @@ class Services:
     registry: Registry
     jobs: Jobs
     datasets: DatasetStore
-    cache: "ModelCache"
+    cache: ModelCache
 
 
 def services() -> Services:

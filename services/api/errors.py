@@ -55,7 +55,9 @@ def _domain(error: MnistError) -> Response:
 
 def _redis_down(error: redis.RedisError) -> Response:
     log.warning("Redis error: %s", error)
-    return error_response(503, "the service's Redis does not answer: try again shortly", headers={"Retry-After": "2"})
+    return error_response(
+        503, "the service's Redis does not answer: try again shortly", headers={"Retry-After": "2"}
+    )
 
 
 def _unexpected(error: Exception) -> Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -42,7 +42,9 @@ MODEL_VERSION = Gauge(
     ["model"],
     multiprocess_mode="liveall",
 )
-RELOADS = Counter("mnist_model_reloads_total", "Model loads by outcome (ok, corrupt, error)", ["model", "outcome"])
+RELOADS = Counter(
+    "mnist_model_reloads_total", "Model loads by outcome (ok, corrupt, error)", ["model", "outcome"]
+)
 RELOAD_SECONDS = Histogram(
     "mnist_model_reload_duration_seconds",
     "Time to fetch, verify, parse and warm up a model version, in seconds",
