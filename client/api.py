@@ -26,44 +26,23 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-#: Seconds to wait for a connection and then for each read of an answer (seconds).
-DEFAULT_TIMEOUT = 60.0
-#: Retries after the first attempt (count).
-DEFAULT_RETRIES = 3
-#: Backoff factor: waits of 0, 2×, 4×… this many seconds between retries (seconds); 3 retries span 1.5 s.
-DEFAULT_BACKOFF = 0.25
-#: Images per prediction request; the server refuses more than MNIST_MAX_BATCH (10,000).
-DEFAULT_BATCH_SIZE = 2000
-#: Statuses that mean "try again": a failing or restarting server, or a proxy in front of it.
-RETRY_STATUSES = (500, 502, 503, 504)
+from client.defaults import (
+    CLASSES,
+    DEFAULT_BACKOFF,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    PIXELS,
+    RETRY_STATUSES,
+)
+from client.errors import ClientError, error_from_answer
+from client.routes import predict_path
+from client.routes import segment as _segment
+
 #: Methods retried on a retry status or a broken read: the ones that may be repeated.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: Seconds an event stream may stay silent before it counts as broken (the server pings every 15 s).
 EVENTS_READ_TIMEOUT = 45.0
-#: Pixels per image and classes per prediction.
-PIXELS, CLASSES = 784, 10
-
-
-class ClientError(Exception):
-    """An error answer of the service, or a failure to reach it.
-
-    `status` and `code` are the service's (e.g. "Not Found" and 404); `code` is None when no
-    answer came back. `errors` maps fields to their problems for validation errors.
-    """
-
-    def __init__(
-        self, status: str, code: int | None, message: str, errors: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.errors = errors
-
-    def __str__(self) -> str:
-        head = f"{self.code} {self.status}: " if self.code is not None else ""
-        tail = f" ({_flatten(self.errors)})" if self.errors else ""
-        return f"{head}{self.message}{tail}"
 
 
 @dataclass(frozen=True)
@@ -324,18 +303,7 @@ class Client:
 
 def error_from(response: requests.Response) -> ClientError:
     """Return the ClientError that an error answer describes (the service's {code, status, message})."""
-    code = response.status_code
-    status = response.reason or "Error"
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        body = None
-    if not isinstance(body, dict):
-        text = response.text.strip().splitlines()
-        return ClientError(status, code, text[0][:200] if text else f"HTTP {code}")
-    message = body.get("message") or body.get("error") or f"HTTP {code}"
-    errors = body.get("errors") if isinstance(body.get("errors"), dict) else None
-    return ClientError(str(body.get("status") or status), code, str(message), errors)
+    return error_from_answer(response.status_code, response.reason, response.content)
 
 
 def parse_predictions(body: bytes) -> Prediction:
@@ -347,15 +315,6 @@ def parse_predictions(body: bytes) -> Prediction:
     labels = np.fromiter((p["label"] for p in predictions), dtype=np.int64, count=n)
     versions = np.full(n, int(answer["model_version"]), dtype=np.int64)
     return Prediction(answer["model"], labels, probabilities, versions)
-
-
-def predict_path(model: str, version: int | None = None, alias: str | None = None) -> str:
-    """Return the v1 predict route of a model, one of its versions, or an alias."""
-    if version is not None:
-        return f"/v1/models/{_segment(model)}/versions/{int(version)}:predict"
-    if alias is not None:
-        return f"/v1/models/{_segment(model)}/labels/{_segment(alias)}:predict"
-    return f"/v1/models/{_segment(model)}:predict"
 
 
 def as_pixels(images: np.ndarray) -> np.ndarray:
@@ -391,14 +350,6 @@ def parse_sse(lines: Iterator[bytes | str]) -> Iterator[tuple[str, dict[str, Any
             data.append(line[5:].lstrip())
 
 
-def _segment(value: str) -> str:
-    """Return a path segment, refusing what would change the path (the server checks names)."""
-    text = str(value)
-    if not text or any(c in text for c in "/?#%") or text in (".", ".."):
-        raise ValueError(f"{text!r} is not a valid name")
-    return text
-
-
 def _reason(exc: Exception) -> str:
     """Return the innermost reason of a requests/urllib3 error, on one line."""
     reason: Any = exc
@@ -413,11 +364,3 @@ def _reason(exc: Exception) -> str:
     if "Name or service not known" in text or "nodename nor servname" in text:
         return "unknown host"
     return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def _flatten(errors: Any) -> str:
-    if isinstance(errors, dict):
-        return "; ".join(f"{k}: {_flatten(v)}" for k, v in errors.items())
-    if isinstance(errors, list):
-        return ", ".join(_flatten(e) for e in errors)
-    return str(errors)

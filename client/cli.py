@@ -12,8 +12,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from shared.errors import MnistError
-
 #: Exit status of a command that failed for a reason it explains.
 EXIT_ERROR = 1
 #: Exit status of a command line that does not parse.
@@ -65,13 +63,13 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _remote(name: str) -> Callable[[argparse.Namespace], int]:
-    """Return a command of client.remote, the commands that talk to the service."""
+def _remote(name: str, module: str = "client.remote") -> Callable[[argparse.Namespace], int]:
+    """Return a command that talks to the service (client.remote's, or `mnist predict`)."""
 
     def run(args: argparse.Namespace) -> int:
-        # They do no matrix products: NumPy need not start BLAS threads (a tenth of its import time).
+        # They do no matrix products: NumPy, if an input needs it, need not start BLAS threads.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        return _lazy("client.remote", name)(args)
+        return _lazy(module, name)(args)
 
     return run
 
@@ -127,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     up_parser.add_argument("--workers", type=int, default=2, help="training workers (default 2)")
     up_parser.set_defaults(run=_lazy("client.up", "command"))
 
+    demo = sub.add_parser("demo", help="the service end to end: stack, training job, batch prediction, stop")
+    demo.add_argument("--port", type=int, default=8000, help="HTTP port (a free one if taken)")
+    demo.add_argument("--model", default="mnist", help="registry name to publish under (default mnist)")
+    demo.add_argument("--epochs", type=int, help="override the default recipe's epochs (a quicker demo)")
+    demo.set_defaults(run=_lazy("client.demo", "demo"))
+
     datasets = sub.add_parser("datasets", help="list the built-in datasets")
     datasets.add_argument("--json", action="store_true")
     datasets.set_defaults(run=_lazy("client.local", "datasets_command"))
@@ -159,7 +163,7 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--strict", action="store_true", help="stop at the first unreadable input")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     add_remote_flags(predict, predict=True)
-    predict.set_defaults(run=_remote("predict"))
+    predict.set_defaults(run=_remote("predict", "client.predict"))
 
     models = sub.add_parser("models", help="list the models on the service, or one model's versions")
     models.add_argument("name", nargs="?", metavar="NAME", help="a model: its versions and aliases")
@@ -201,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"mnist {args.command}: invalid options: {_flatten(getattr(exc, 'messages', exc))}",
             file=sys.stderr,
         )
-    except MnistError as exc:
-        print(f"mnist {args.command}: {exc.message}", file=sys.stderr)
+    except _domain_error() as exc:
+        print(f"mnist {args.command}: {getattr(exc, 'message', exc)}", file=sys.stderr)
     except (ValueError, OSError) as exc:
         print(f"mnist {args.command}: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
@@ -212,13 +216,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _NotRaised(Exception):
-    """Matches nothing: stands for marshmallow's ValidationError before marshmallow is imported."""
+    """Matches nothing: stands for an exception class whose module was never imported."""
 
 
 def _validation_error() -> type[Exception]:
     """Return marshmallow's ValidationError if marshmallow is loaded (it is slow to import, so lazily)."""
     marshmallow = sys.modules.get("marshmallow")
     return marshmallow.ValidationError if marshmallow is not None else _NotRaised
+
+
+def _domain_error() -> type[Exception]:
+    """Return shared.errors.MnistError if a command imported it (`mnist predict` needs no shared module)."""
+    errors = sys.modules.get("shared.errors")
+    return errors.MnistError if errors is not None else _NotRaised
 
 
 def _flatten(messages: object) -> str:

@@ -1,10 +1,14 @@
-"""The inputs of `mnist predict`, read as a stream of uint8 batches with their labels when known.
+"""The inputs of `mnist predict`, read as a stream of raw uint8 batches with their labels when known.
 
 An input is an image file (PNG, JPEG), a folder of them (recursive), an IDX images file (its
 labels file beside it is found by name), a CSV file (Kaggle's train.csv with labels, or test.csv
 with 784 pixel columns and none) or an NPZ file (mnist.npz's x_test/y_test, else
 x_train/y_train, else its one array of images). Every reader streams: a file of any size is read
 a batch at a time. A file that cannot be read raises `InputError` naming it.
+
+IDX files and NPZ files of uint8 images already hold what the service reads (n × 784 bytes), so
+they are read without NumPy: the command starts faster. NumPy is imported for pictures, CSV
+files and NPZ files of other integer types only.
 """
 
 from __future__ import annotations
@@ -15,11 +19,10 @@ import os
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-import numpy as np
+from client import npy
 
 #: Pixels per image.
 PIXELS = 784
@@ -42,28 +45,35 @@ class InputError(ValueError):
         self.problem = problem
 
 
-@dataclass
-class Batch:
-    """Images (n, 784) uint8, the file and index each came from, and labels (n,) (-1: unknown)."""
+# Plain classes, not dataclasses: `dataclasses` imports `inspect`, which the command would load for nothing.
 
-    pixels: np.ndarray
-    sources: list[str]
-    indices: np.ndarray
-    labels: np.ndarray
+
+class Batch:
+    """n images as raw uint8 bytes (n × 784, row by row), each one's file and index, labels (-1: unknown)."""
+
+    __slots__ = ("pixels", "sources", "indices", "labels")
+
+    def __init__(self, pixels: bytes, sources: list[str], indices: list[int], labels: list[int]) -> None:
+        self.pixels, self.sources, self.indices, self.labels = pixels, sources, indices, labels
 
     def __len__(self) -> int:
-        return len(self.pixels)
+        return len(self.indices)
 
 
-@dataclass
 class Input:
     """One input: its path, its kind ("images", "idx", "csv", "npz"), how many images if known, labels."""
 
-    path: str
-    kind: str
-    count: int | None = None
-    labelled: bool = False
-    files: list[Path] | None = None  # the image files of an "images" input
+    __slots__ = ("path", "kind", "count", "labelled", "files")
+
+    def __init__(
+        self,
+        path: str,
+        kind: str,
+        count: int | None = None,
+        labelled: bool = False,
+        files: list[Path] | None = None,  # the image files of an "images" input
+    ) -> None:
+        self.path, self.kind, self.count, self.labelled, self.files = path, kind, count, labelled, files
 
 
 def discover(paths: Sequence[str], on_error: Callable[[InputError], None]) -> list[Input]:
@@ -136,7 +146,7 @@ def survey(path: Path, kind: str) -> tuple[int | None, bool]:
             x_name, y_name = _npz_arrays(zf, path)
             with zf.open(x_name) as f:
                 shape, _, _ = _npy_header(f, path, x_name)
-            return shape[0], y_name is not None
+            return (shape[0] if shape else None), y_name is not None
     with _open(path) as f:
         try:
             first = f.readline(64 * 1024)
@@ -181,34 +191,32 @@ def _guarded(item: Input, size: int, on_error: Callable[[InputError], None]) -> 
 def _slice(b: Batch, start: int, stop: int) -> Batch:
     if start == 0 and stop == len(b):
         return b
-    return Batch(b.pixels[start:stop], b.sources[start:stop], b.indices[start:stop], b.labels[start:stop])
+    pixels = b.pixels[start * PIXELS : stop * PIXELS]
+    return Batch(pixels, b.sources[start:stop], b.indices[start:stop], b.labels[start:stop])
 
 
 def _join(pieces: list[Batch]) -> Batch:
     if len(pieces) == 1:
         return pieces[0]
     return Batch(
-        np.concatenate([p.pixels for p in pieces]),
+        b"".join(p.pixels for p in pieces),
         [s for p in pieces for s in p.sources],
-        np.concatenate([p.indices for p in pieces]),
-        np.concatenate([p.labels for p in pieces]),
+        [i for p in pieces for i in p.indices],
+        [label for p in pieces for label in p.labels],
     )
 
 
-def _batch(pixels: np.ndarray, source: str, start: int, labels: np.ndarray | None) -> Batch:
-    n = len(pixels)
-    return Batch(
-        pixels,
-        [source] * n,
-        np.arange(start, start + n),
-        labels if labels is not None else np.full(n, UNLABELLED, np.int64),
-    )
+def _batch(pixels: bytes, source: str, start: int, labels: list[int] | None) -> Batch:
+    n = len(pixels) // PIXELS
+    return Batch(pixels, [source] * n, list(range(start, start + n)), labels or [UNLABELLED] * n)
 
 
 # --- Images --------------------------------------------------------------------------------------
 
 
 def _read_images(files: list[Path], size: int, on_error: Callable[[InputError], None]) -> Iterator[Batch]:
+    import numpy as np
+
     from client import images  # Pillow is imported only when there are pictures to read
 
     for start in range(0, len(files), size):
@@ -221,7 +229,8 @@ def _read_images(files: list[Path], size: int, on_error: Callable[[InputError], 
             except images.ImageError as exc:
                 on_error(InputError(path, str(exc).removeprefix(f"{path}: ")))
         if rows:
-            yield Batch(np.stack(rows), names, np.zeros(len(rows), np.int64), np.full(len(rows), UNLABELLED))
+            n = len(rows)
+            yield Batch(np.stack(rows).tobytes(), names, [0] * n, [UNLABELLED] * n)
 
 
 # --- IDX -----------------------------------------------------------------------------------------
@@ -299,12 +308,12 @@ def _read_idx(path: Path, size: int) -> Iterator[Batch]:
                 n = _idx_header(g, beside, IDX_LABELS_MAGIC)
                 if n != count:
                     raise InputError(path, f"holds {count:,} images but {beside.name} {n:,} labels")
-                labels = np.frombuffer(_read_exact(g, n, beside), np.uint8).astype(np.int64)
-            if labels.size and labels.max() > 9:
-                raise InputError(beside, f"label {labels.max()}: labels must be 0-9")
+                labels = list(_read_exact(g, n, beside))
+            if labels and max(labels) > 9:
+                raise InputError(beside, f"label {max(labels)}: labels must be 0-9")
         for start in range(0, count, size):
             n = min(size, count - start)
-            pixels = np.frombuffer(_read_exact(f, n * PIXELS, path), np.uint8).reshape(n, PIXELS)
+            pixels = _read_exact(f, n * PIXELS, path)  # already what the service reads
             yield _batch(pixels, str(path), start, None if labels is None else labels[start : start + n])
 
 
@@ -313,6 +322,8 @@ def _read_idx(path: Path, size: int) -> Iterator[Batch]:
 
 def _read_csv(path: Path, size: int) -> Iterator[Batch]:
     import io
+
+    import numpy as np
 
     raw = _open(path)
     try:
@@ -348,20 +359,24 @@ def _read_csv(path: Path, size: int) -> Iterator[Batch]:
             if label_col is None:
                 pixels, labels = table, None
             else:
-                labels = table[:, label_col].astype(np.int64)
+                column = table[:, label_col]
                 pixels = np.delete(table, label_col, axis=1)
-                if labels.min() < 0 or labels.max() > 9:
+                if column.min() < 0 or column.max() > 9:
                     raise InputError(path, f"a label outside 0-9 near line {line_no}")
+                labels = column.tolist()
             if pixels.min() < 0 or pixels.max() > 255:
                 raise InputError(path, f"a pixel outside 0-255 near line {line_no}")
-            yield _batch(np.ascontiguousarray(pixels, dtype=np.uint8), str(path), index, labels)
+            yield _batch(pixels.astype(np.uint8).tobytes(), str(path), index, labels)
             index += len(chunk)
             line_no += len(chunk)
     finally:
         raw.close()
 
 
-def _csv_table(chunk: list[str], path: Path, line_no: int, columns: int) -> np.ndarray:
+def _csv_table(chunk: list[str], path: Path, line_no: int, columns: int) -> Any:
+    """Return the lines as an int32 array (len(chunk), columns); InputError naming a bad line."""
+    import numpy as np
+
     try:
         table = np.loadtxt(chunk, delimiter=",", dtype=np.int32, ndmin=2, comments=None)
     except ValueError:
@@ -378,7 +393,7 @@ def _csv_table(chunk: list[str], path: Path, line_no: int, columns: int) -> np.n
     return table
 
 
-def _label_last(table: np.ndarray) -> bool:
+def _label_last(table: Any) -> bool:
     """Return True for a headerless label-last CSV: column 0 all zero (a corner pixel), the last not."""
     return bool(not table[:, 0].any() and table[:, -1].any() and table[:, -1].max() <= 9)
 
@@ -420,20 +435,28 @@ def _npz_arrays(zf: zipfile.ZipFile, path: Path) -> tuple[str, str | None]:
     return names[x], names[vectors[0]] if len(vectors) == 1 else None
 
 
-def _npy_header(f: IO[bytes], path: Path, member: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _npy_header(f: IO[bytes], path: Path, member: str) -> tuple[tuple[int, ...], bool, Any]:
+    """Read a .npy member's header (client/npy.py); return its shape, Fortran order and dtype descr."""
     try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, SyntaxError, OSError, zipfile.BadZipFile) as exc:
+        shape, fortran, descr = npy.read_header(f)
+    except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         raise InputError(path, f"array {member}: not a valid .npy ({exc})") from None
+    if npy.has_objects(descr):
+        raise InputError(path, f"array {member} holds Python objects: refused, never unpickled")
+    return shape, fortran, descr
+
+
+def _numpy_dtype(descr: Any, path: Path, member: str) -> Any:
+    """Return the NumPy dtype of a descr (importing NumPy), refusing one that holds objects."""
+    import numpy as np
+
+    try:
+        dtype = np.lib.format.descr_to_dtype(descr)
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, f"array {member}: not a valid .npy (descr {descr!r}: {exc})") from None
     if dtype.hasobject:
         raise InputError(path, f"array {member} holds Python objects: refused, never unpickled")
-    return tuple(shape), bool(fortran), dtype
+    return dtype
 
 
 def _read_npz(path: Path, size: int) -> Iterator[Batch]:
@@ -441,39 +464,49 @@ def _read_npz(path: Path, size: int) -> Iterator[Batch]:
         x_name, y_name = _npz_arrays(zf, path)
         labels = _npz_labels(zf, path, y_name) if y_name else None
         with zf.open(x_name) as f:
-            shape, fortran, dtype = _npy_header(f, path, x_name)
+            shape, fortran, descr = _npy_header(f, path, x_name)
             if shape[1:] not in ((PIXELS,), (28, 28)):
                 raise InputError(
                     path, f"array {x_name} has shape {list(shape)}; expected (n, 28, 28) or (n, 784)"
                 )
-            if dtype.kind not in "ui" or fortran:
+            raw = npy.kind_of(descr) == ("u", 1) and not fortran  # uint8: the bytes are the request
+            dtype = None if raw else _numpy_dtype(descr, path, x_name)
+            if dtype is not None and (dtype.kind not in "ui" or fortran):
                 raise InputError(
                     path, f"array {x_name} holds {dtype} (Fortran order: {fortran}); expected integer pixels"
                 )
             count = shape[0]
             if labels is not None and len(labels) != count:
                 raise InputError(path, f"{count:,} images but {len(labels):,} labels")
+            itemsize = 1 if dtype is None else dtype.itemsize
             for start in range(0, count, size):
                 n = min(size, count - start)
-                data = _read_exact(f, n * PIXELS * dtype.itemsize, path)
-                rows = np.frombuffer(data, dtype).reshape(n, PIXELS)
-                if dtype != np.uint8:
-                    if rows.min() < 0 or rows.max() > 255:
-                        raise InputError(path, f"array {x_name} holds pixels outside 0-255")
-                    rows = rows.astype(np.uint8)
-                yield _batch(rows, str(path), start, None if labels is None else labels[start : start + n])
+                data = _read_exact(f, n * PIXELS * itemsize, path)
+                if dtype is not None:
+                    data = _to_uint8(data, dtype, path, x_name)
+                yield _batch(data, str(path), start, None if labels is None else labels[start : start + n])
 
 
-def _npz_labels(zf: zipfile.ZipFile, path: Path, member: str) -> np.ndarray:
+def _to_uint8(data: bytes, dtype: Any, path: Path, member: str) -> bytes:
+    """Return integer pixels of another type as uint8 bytes; InputError for a value outside 0-255."""
+    import numpy as np
+
+    rows = np.frombuffer(data, dtype)
+    if rows.size and (rows.min() < 0 or rows.max() > 255):
+        raise InputError(path, f"array {member} holds pixels outside 0-255")
+    return rows.astype(np.uint8).tobytes()
+
+
+def _npz_labels(zf: zipfile.ZipFile, path: Path, member: str) -> list[int]:
     with zf.open(member) as f:
+        shape, _, descr = _npy_header(f, path, member)
+        kind = npy.kind_of(descr)
+        if len(shape) != 1 or kind is None or kind[0] not in "iu":
+            raise InputError(path, f"array {member} is not labels 0-9 of shape (n,)")
         try:
-            labels = np.lib.format.read_array(f, allow_pickle=False)
-        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            values = npy.read_array(f, descr, shape[0])
+        except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
             raise InputError(path, f"array {member}: not a valid .npy ({exc})") from None
-    if (
-        labels.ndim != 1
-        or labels.dtype.kind not in "ui"
-        or (labels.size and (labels.min() < 0 or labels.max() > 9))
-    ):
+    if values and (min(values) < 0 or max(values) > 9):
         raise InputError(path, f"array {member} is not labels 0-9 of shape (n,)")
-    return labels.astype(np.int64)
+    return values.tolist()

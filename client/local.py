@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from client.outputs import format_confusion
 from shared import datasets, mlp, pipeline, serialization
 from shared.training import Progress
 
@@ -128,14 +129,6 @@ def evaluate(args: argparse.Namespace) -> int:
     print(f"{args.model} on {data.name} ({args.split}, {len(y)} images): accuracy {100 * report['accuracy']:.2f} %")
     print(format_confusion(cm))
     return 0
-
-
-def format_confusion(cm: np.ndarray) -> str:
-    """Return the confusion matrix as aligned text (rows: true, columns: predicted)."""
-    width = max(4, len(str(cm.max())) + 1)
-    head = "true\\pred" + "".join(f"{c:>{width}}" for c in range(cm.shape[1]))
-    rows = [f"{r:>9}" + "".join(f"{v:>{width}}" for v in cm[r]) for r in range(cm.shape[0])]
-    return "\n".join([head, *rows])
 
 
 def datasets_command(args: argparse.Namespace) -> int:

@@ -1,14 +1,14 @@
-"""Where `mnist predict` writes its answers: a CSV or JSON Lines file, or lines on stdout."""
+"""Where `mnist predict` writes its answers (CSV, JSON Lines or stdout), and its confusion matrix."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
-import orjson
-
-from client.api import CLASSES, Prediction
+from client.answers import Answers
+from client.defaults import CLASSES
 from client.inputs import Batch
 
 #: Output formats by file ending.
@@ -18,7 +18,7 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 class Writer(Protocol):
     """Writes the answers for one batch at a time."""
 
-    def write(self, batch: Batch, answers: Prediction) -> None: ...
+    def write(self, batch: Batch, answers: Answers) -> None: ...
 
     def close(self) -> None: ...
 
@@ -44,13 +44,6 @@ def open_writer(path: str | None, probabilities: bool, top_k: int | None) -> Wri
     return JsonlWriter(stream, probabilities, top_k)
 
 
-def _top(answers: Prediction, k: int | None) -> tuple[list[list[int]], list[list[float]]] | None:
-    if k is None:
-        return None
-    labels, probs = answers.top_k(k)
-    return labels.tolist(), probs.tolist()
-
-
 class CsvWriter:
     """A header, then `source,index,label,confidence` (`p0…p9` with probabilities, `top1…` with top-k)."""
 
@@ -73,24 +66,24 @@ class CsvWriter:
             self.quoted[source] = field
         return field
 
-    def write(self, batch: Batch, answers: Prediction) -> None:
+    def write(self, batch: Batch, answers: Answers) -> None:
         # One format string per row, not the csv module: 10,000 rows take milliseconds, not 100s of them.
-        columns = [
+        columns: list[Iterable[Any]] = [
             [self._quote(s) for s in batch.sources],
-            batch.indices.tolist(),
-            answers.labels.tolist(),
-            answers.confidence.tolist(),
+            batch.indices,
+            answers.labels,
+            answers.confidence(),
         ]
         fmt = "{},{},{},{:.6f}"
         if self.probabilities:
-            columns += answers.probabilities.T.tolist()
+            columns.extend(zip(*answers.probabilities, strict=True))  # p0…p9, one column each
             fmt += ",{:.6f}" * CLASSES
         if self.top_k:
             labels, probs = answers.top_k(self.top_k)
             for k in range(self.top_k):
-                columns += [labels[:, k].tolist(), probs[:, k].tolist()]
+                columns += [[row[k] for row in labels], [row[k] for row in probs]]
             fmt += ",{},{:.6f}" * self.top_k
-        self.stream.write("".join(fmt.format(*row) + "\n" for row in zip(*columns, strict=True)))
+        self.stream.write("".join(map((fmt + "\n").format, *columns)))  # the columns are of one length
 
     def close(self) -> None:
         self.stream.close()
@@ -102,36 +95,30 @@ class JsonlWriter:
     def __init__(self, stream: IO[str], probabilities: bool, top_k: int | None) -> None:
         self.stream, self.probabilities, self.top_k = stream, probabilities, top_k
 
-    def write(self, batch: Batch, answers: Prediction) -> None:
-        top = _top(answers, self.top_k)
+    def write(self, batch: Batch, answers: Answers) -> None:
+        import orjson
+
+        top = answers.top_k(self.top_k) if self.top_k else None
         lines = []
-        probs = answers.probabilities
-        for n, (source, index, label, confidence, version) in enumerate(
-            zip(
-                batch.sources,
-                batch.indices.tolist(),
-                answers.labels.tolist(),
-                answers.confidence.tolist(),
-                answers.versions.tolist(),
-                strict=False,
-            )
+        for n, (source, index, label, confidence, truth) in enumerate(
+            zip(batch.sources, batch.indices, answers.labels, answers.confidence(), batch.labels, strict=True)
         ):
-            row: dict = {
+            row: dict[str, Any] = {
                 "source": source,
                 "index": index,
                 "label": label,
                 "confidence": confidence,
-                "model_version": version,
+                "model_version": answers.version,
             }
             if self.probabilities:
-                row["probabilities"] = probs[n]
+                row["probabilities"] = answers.probabilities[n]
             if top is not None:
                 row["top_k"] = [
-                    {"label": k, "probability": p} for k, p in zip(top[0][n], top[1][n], strict=False)
+                    {"label": k, "probability": p} for k, p in zip(top[0][n], top[1][n], strict=True)
                 ]
-            if batch.labels[n] >= 0:
-                row["true_label"] = int(batch.labels[n])
-            lines.append(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY))
+            if truth >= 0:
+                row["true_label"] = truth
+            lines.append(orjson.dumps(row))
         self.stream.write(b"\n".join(lines).decode() + "\n")
 
     def close(self) -> None:
@@ -144,26 +131,29 @@ class LinesWriter:
     def __init__(self, stream: IO[str], top_k: int | None) -> None:
         self.stream, self.top_k = stream, top_k
 
-    def write(self, batch: Batch, answers: Prediction) -> None:
-        top = _top(answers, self.top_k)
+    def write(self, batch: Batch, answers: Answers) -> None:
+        top = answers.top_k(self.top_k) if self.top_k else None
         lines = []
         for n, (source, index, label, confidence) in enumerate(
-            zip(
-                batch.sources,
-                batch.indices.tolist(),
-                answers.labels.tolist(),
-                answers.confidence.tolist(),
-                strict=False,
-            )
+            zip(batch.sources, batch.indices, answers.labels, answers.confidence(), strict=True)
         ):
             where = source if source.lower().endswith((".png", ".jpg", ".jpeg")) else f"{source}#{index}"
             line = f"{where}\t{label}\t{100 * confidence:.1f} %"
             if top is not None:
                 line += "\t" + ", ".join(
-                    f"{k} {100 * p:.1f} %" for k, p in zip(top[0][n], top[1][n], strict=False)
+                    f"{k} {100 * p:.1f} %" for k, p in zip(top[0][n], top[1][n], strict=True)
                 )
             lines.append(line)
         self.stream.write("\n".join(lines) + "\n")
 
     def close(self) -> None:
         self.stream.flush()
+
+
+def format_confusion(cm: Iterable[Iterable[int]]) -> str:
+    """Return a confusion matrix (rows: true, columns: predicted; lists or an array) as aligned text."""
+    rows = [[int(v) for v in row] for row in cm]
+    width = max(4, len(str(max(max(row) for row in rows))) + 1)
+    head = "true\\pred" + "".join(f"{c:>{width}}" for c in range(len(rows[0])))
+    lines = [f"{r:>9}" + "".join(f"{v:>{width}}" for v in row) for r, row in enumerate(rows)]
+    return "\n".join([head, *lines])

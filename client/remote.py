@@ -1,32 +1,25 @@
-"""The commands that talk to the service: predict, train --url, models, jobs, alias.
+"""The commands that talk to the service: train --url, models, jobs, alias; what they share with predict.
 
 Each returns an exit status; a `ClientError` (an error answer, an unreachable server) becomes one
-line on stderr and status 1, like every other error of the `mnist` command.
+line on stderr and status 1, like every other error of the `mnist` command. `mnist predict` is in
+client/predict.py. This module imports requests (through client.api) only when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import json
 import os
 import sys
-import threading
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from client.defaults import DEFAULT_URL
+from client.errors import ClientError
 
-from client.api import CLASSES, Client, ClientError, Prediction, predict_path
-from client.inputs import Batch, InputError, discover, read
-
-#: Where the service is when neither --url nor $MNIST_URL says.
-DEFAULT_URL = "http://127.0.0.1:8000"
-#: Prediction requests in flight at once: one is computed while the next is read and sent.
-IN_FLIGHT = 2
+if TYPE_CHECKING:
+    from client.api import Client
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -50,130 +43,31 @@ def url_of(args: argparse.Namespace) -> str:
     return getattr(args, "url", None) or os.environ.get("MNIST_URL") or DEFAULT_URL
 
 
-def client_of(args: argparse.Namespace, *, predict: bool = False) -> Client:
-    """Return a Client for the command's --url and --token (else the token variables)."""
+def token_of(args: argparse.Namespace, *, predict: bool = False) -> str | None:
+    """Return --token, else $MNIST_PREDICT_TOKEN (predictions only), else $MNIST_API_TOKEN, else None."""
     token = getattr(args, "token", None)
     if predict:
-        token = token or os.environ.get("MNIST_PREDICT_TOKEN") or os.environ.get("MNIST_API_TOKEN")
-    else:
-        token = token or os.environ.get("MNIST_API_TOKEN")
-    return Client(url_of(args), token or None)
+        token = token or os.environ.get("MNIST_PREDICT_TOKEN")
+    return token or os.environ.get("MNIST_API_TOKEN") or None
+
+
+def client_of(args: argparse.Namespace) -> Client:
+    """Return a Client for the command's --url and --token (else $MNIST_API_TOKEN)."""
+    from client.api import Client  # requests: a fifth of a second, paid by the commands that use it
+
+    return Client(url_of(args), token_of(args))
 
 
 def _json(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "json", False))
 
 
-def _show_progress(args: argparse.Namespace) -> bool:
+def show_progress(args: argparse.Namespace) -> bool:
+    """Return True when the command shows a progress bar: stderr is a terminal, no --quiet or --json."""
     return not getattr(args, "quiet", False) and not _json(args) and sys.stderr.isatty()
 
 
-# --- predict -------------------------------------------------------------------------------------
-
-
-class Tally:
-    """Counts of what was predicted: images, versions that answered, and the labelled confusion matrix."""
-
-    def __init__(self) -> None:
-        self.images = 0
-        self.versions: set[int] = set()
-        self.confusion = np.zeros((CLASSES, CLASSES), np.int64)
-
-    def add(self, batch: Batch, answers: Prediction) -> None:
-        self.images += len(batch)
-        self.versions.update(answers.versions.tolist())
-        known = batch.labels >= 0
-        if known.any():
-            pairs = batch.labels[known] * CLASSES + answers.labels[known]
-            self.confusion += np.bincount(pairs, minlength=CLASSES * CLASSES).reshape(CLASSES, CLASSES)
-
-
-@command
-def predict(args: argparse.Namespace) -> int:
-    """Classify every image of the inputs on the service; write the answers; report accuracy if labelled."""
-    from client.outputs import open_writer, output_format
-
-    output_format(args.output)  # a wrong --output is refused before any input is read
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.top_k is not None and not 1 <= args.top_k <= CLASSES:
-        raise ValueError(f"--top-k must be from 1 to {CLASSES}, got {args.top_k}")
-    skipped: list[str] = []
-    bar: Any = _NoBar()
-
-    def on_error(exc: InputError) -> None:
-        if args.strict:
-            raise exc
-        bar.write(f"mnist predict: skipped {exc}", file=sys.stderr)  # above the progress bar, if any
-        skipped.append(exc.path)
-
-    inputs = discover(args.inputs, on_error)
-    if not inputs:
-        raise ValueError("nothing predicted: no readable input")
-    if any(i.labelled for i in inputs):
-        preload("client.local")  # for the confusion matrix, at the end
-    counts = [i.count for i in inputs]
-    total = sum(c for c in counts if c is not None) if None not in counts else None
-    client = client_of(args, predict=True)
-    path = predict_path(args.model, args.version, args.alias)
-    writer = open_writer(args.output, args.probabilities, args.top_k)
-    tally = Tally()
-    bar = _bar(total, _show_progress(args))
-    try:
-        with ThreadPoolExecutor(IN_FLIGHT) as pool:
-            pending: deque[tuple[Batch, Future[Prediction]]] = deque()
-            try:
-                for batch in read(inputs, args.batch_size, on_error):
-                    pending.append((batch, pool.submit(client.predict_raw, path, batch.pixels)))
-                    if len(pending) >= IN_FLIGHT:
-                        _finish(*pending.popleft(), writer, tally, bar)
-                while pending:
-                    _finish(*pending.popleft(), writer, tally, bar)
-            finally:
-                for _, future in pending:
-                    future.cancel()
-    finally:
-        bar.close()
-        writer.close()
-        client.close()
-    if not tally.images:
-        raise ValueError("nothing predicted: no readable image in the inputs")
-    _report(args, tally, skipped)
-    return 0
-
-
-def preload(module: str) -> None:
-    """Import `module` in a background thread while the command waits on the network.
-
-    client.local pulls in the training stack (about a fifth of a second); the import lock makes
-    a later `import` wait for this one rather than run twice. Not a daemon: an import is never
-    cut off by the interpreter's exit.
-    """
-    threading.Thread(target=importlib.import_module, args=(module,), name=f"preload {module}").start()
-
-
-def _finish(batch: Batch, future: Future[Prediction], writer: Any, tally: Tally, bar: Any) -> None:
-    answers = future.result()
-    writer.write(batch, answers)
-    tally.add(batch, answers)
-    bar.update(len(batch))
-
-
-def _report(args: argparse.Namespace, tally: Tally, skipped: list[str]) -> None:
-    versions = ", ".join(f"v{v}" for v in sorted(tally.versions)) or "-"
-    where = f", written to {args.output}" if args.output else ""
-    more = f"; {len(skipped)} input(s) skipped" if skipped else ""
-    print(f"{tally.images:,} images predicted by {args.model} {versions}{where}{more}")
-    labelled = int(tally.confusion.sum())
-    if labelled:
-        from client.local import format_confusion
-
-        right = int(np.trace(tally.confusion))
-        print(f"accuracy {100 * right / labelled:.2f} % ({right:,} of {labelled:,} labelled images)")
-        print(format_confusion(tally.confusion))
-
-
-class _NoBar:
+class NoBar:
     """What the commands call on a progress bar, doing nothing (no terminal, or --quiet)."""
 
     n = 0
@@ -198,9 +92,10 @@ class _NoBar:
         pass
 
 
-def _bar(total: int | None, show: bool, unit: str = "img", desc: str = "predict") -> Any:
+def bar_of(total: int | None, show: bool, unit: str = "img", desc: str = "predict") -> Any:
+    """Return a tqdm progress bar on stderr when `show`, else a bar that does nothing."""
     if not show:
-        return _NoBar()
+        return NoBar()
     from tqdm import tqdm  # only a terminal gets a bar, and only then pays for the import
 
     return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True)
@@ -222,7 +117,7 @@ def train(args: argparse.Namespace) -> int:
     if not _json(args):
         print(f"job {job_id} queued on {url}", file=sys.stderr)
     try:
-        final = _follow(client, job_id, _show_progress(args))
+        final = _follow(client, job_id, show_progress(args))
     except KeyboardInterrupt:
         if args.cancel_on_interrupt:
             view = client.cancel(job_id)
@@ -242,7 +137,7 @@ def train(args: argparse.Namespace) -> int:
 
 def _follow(client: Client, job_id: str, show: bool) -> dict[str, Any]:
     """Follow a job's events with a progress bar; return its final view."""
-    bar = _bar(None, show, unit="step", desc=f"job {job_id[:8]}")
+    bar = bar_of(None, show, unit="step", desc=f"job {job_id[:8]}")
     final: dict[str, Any] = {}
     try:
         for event, view in client.events(job_id):

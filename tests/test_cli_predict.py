@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from client import inputs
+from client import answers, cli, inputs, npy, predict
+from client.answers import MODEL_HEADER, VERSION_HEADER
+from client.errors import ClientError
 from client.inputs import Batch, InputError
 from client.local import confusion_matrix, format_confusion
 from tests.client_fixtures import Stack, client_stack, dark_on_light, predict_locally, sample_digits
@@ -207,6 +212,31 @@ def test_npz_to_csv_with_probabilities(run, data: Path, tmp_path: Path) -> None:
     assert "of 130 labelled images" in proc.stdout
 
 
+def test_idx_and_npz_are_predicted_without_numpy_or_requests(
+    stack: Stack, data: Path, tmp_path: Path
+) -> None:
+    # The start-up is most of a 10,000-image run (bench/client.py): the command imports what it uses.
+    heavy = "numpy requests urllib3 PIL tqdm marshmallow orjson shared"
+    code = (
+        "import sys\nfrom client.cli import main\nstatus = main(sys.argv[1:])\n"
+        f"print('imported', sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy.split()!r})))\n"
+        "sys.exit(status)"
+    )
+    idx, npz = data / "idx" / "t10k-images-idx3-ubyte.gz", data / "mnist.npz"
+    flags = ["--url", stack.live.url, "--token", PREDICT_TOKEN, "--output", "o.csv"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "predict", str(idx), str(npz), *flags],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "imported []" in proc.stdout
+    assert "330 images predicted by mnist v1" in proc.stdout and "of 330 labelled images" in proc.stdout
+    x, _ = sample_digits()
+    rows = read_csv(tmp_path / "o.csv")
+    expected = predict_locally(np.concatenate([x[:200], x[400:530]]))
+    assert [int(r["label"]) for r in rows] == expected.tolist()
+
+
 def test_bad_files_are_reported_by_name_and_skipped(run, data: Path, tmp_path: Path) -> None:
     good = data / "originals" / "d000.png"
     corrupt, wrong = data / "bad" / "corrupt.png", data / "bad" / "wrong-images-idx3-ubyte"
@@ -325,13 +355,13 @@ def test_readers_stream_exact_batches_across_files(tmp_path: Path) -> None:
     batches, errors = read_all([tmp_path / "mlxtend.csv", tmp_path / "single.npz", tmp_path / "only.npz"])
     assert not errors
     assert [len(b) for b in batches] == [7, 7, 4]
-    pixels = np.concatenate([b.pixels for b in batches])
-    labels = np.concatenate([b.labels for b in batches])
+    assert all(isinstance(b.pixels, bytes) and len(b.pixels) == 784 * len(b) for b in batches)
+    pixels = np.frombuffer(b"".join(b.pixels for b in batches), np.uint8).reshape(-1, 784)
     np.testing.assert_array_equal(pixels, x[:18])
-    np.testing.assert_array_equal(labels, [*y[:15], -1, -1, -1])
+    assert [label for b in batches for label in b.labels] == [*y[:15].tolist(), -1, -1, -1]
     sources = [s for b in batches for s in b.sources]
     assert sources[9].endswith("mlxtend.csv") and sources[10].endswith("single.npz")
-    assert np.concatenate([b.indices for b in batches]).tolist() == [*range(10), *range(5), *range(3)]
+    assert [i for b in batches for i in b.indices] == [*range(10), *range(5), *range(3)]
 
 
 def test_readers_report_truncated_and_mislabelled_files(tmp_path: Path) -> None:
@@ -353,6 +383,139 @@ def test_readers_report_truncated_and_mislabelled_files(tmp_path: Path) -> None:
     assert "786 columns" in problems["wide.csv"]
     assert "float32" in problems["floats.npz"]
     assert inputs.labels_path(tmp_path / "pair-images-idx3-ubyte") == tmp_path / "pair-labels-idx1-ubyte"
+
+
+def test_npy_headers_are_read_as_numpy_reads_them() -> None:
+    cases = [
+        (np.zeros((3, 28, 28), np.uint8), None),
+        (np.arange(5, dtype=">i8"), None),
+        (np.asfortranarray(np.ones((2, 784), "<f4")), None),
+        (np.arange(4, dtype=np.uint16), (2, 0)),
+        (np.zeros(2, [("ünïcode", "<i2")]), (3, 0)),  # a version 3.0 header is UTF-8
+    ]
+    for array, version in cases:
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, array, version=version)
+        buf.seek(0)
+        shape, fortran, descr = npy.read_header(buf)
+        assert (shape, fortran) == (array.shape, np.isfortran(array))
+        assert np.lib.format.descr_to_dtype(descr) == array.dtype
+        if npy.kind_of(descr) is not None:
+            assert npy.read_array(buf, descr, array.size).tolist() == array.ravel(order="K").tolist()
+    assert npy.has_objects(np.lib.format.dtype_to_descr(np.dtype(object)))
+    assert npy.has_objects(np.lib.format.dtype_to_descr(np.dtype([("a", "<i4"), ("b", "O")])))
+    assert not npy.has_objects("<f8") and npy.kind_of("<c16") is None
+    for header in (
+        b"{'descr': '|u1', 'shape': (1,)}",
+        b"__import__('os').getcwd()",
+        b"{'descr': '|u1', " * 9,
+    ):
+        raw = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+        with pytest.raises(ValueError):
+            npy.read_header(io.BytesIO(raw))
+
+
+def test_npz_files_of_other_types_are_read_or_refused_by_name(tmp_path: Path) -> None:
+    x, y = sample_digits()
+    np.savez(tmp_path / "big-endian.npz", x_test=x[:9], y_test=y[:9].astype(">i8"))
+    np.savez(tmp_path / "int16.npz", x_test=x[9:12].astype(np.int16))
+    np.savez(tmp_path / "fortran.npz", x_test=np.asfortranarray(x[:2].reshape(2, 28, 28)))
+    np.savez(tmp_path / "objects.npz", x_test=x[:2], y_test=np.array([1, None], dtype=object))
+    np.savez(tmp_path / "ten.npz", x_test=x[:2], y_test=np.array([3, 10]))
+    np.savez(tmp_path / "wide.npz", x_test=np.full((1, 784), 256, np.int32))
+    names = ("big-endian.npz", "int16.npz", "fortran.npz", "objects.npz", "ten.npz", "wide.npz")
+    batches, errors = read_all([tmp_path / n for n in names], size=100)
+    pixels = np.frombuffer(b"".join(b.pixels for b in batches), np.uint8).reshape(-1, 784)
+    np.testing.assert_array_equal(pixels, x[:12])
+    assert [label for b in batches for label in b.labels] == [*y[:9].tolist(), -1, -1, -1]
+    problems = {Path(e.path).name: e.problem for e in errors}
+    assert "holds uint8 (Fortran order: True)" in problems["fortran.npz"]
+    assert "Python objects" in problems["objects.npz"]
+    assert "not labels 0-9" in problems["ten.npz"]
+    assert "outside 0-255" in problems["wide.npz"]
+
+
+def test_npy_answers_give_the_labels_and_top_k_of_numpy() -> None:
+    probs = np.random.default_rng(5).random((6, 10)).astype(np.float32)
+    probs[0, [2, 7]] = 2.0  # a tie: the lower label comes first, as argmax and a stable argsort say
+    buf = io.BytesIO()
+    np.save(buf, probs)
+    headers = {"Content-Type": "application/x-npy", MODEL_HEADER: "mnist", VERSION_HEADER: "3"}
+    got = answers.parse(buf.getvalue(), headers, 6)
+    assert (got.model, got.version, len(got)) == ("mnist", 3, 6)
+    assert got.labels == probs.argmax(axis=1).tolist()
+    assert got.probabilities == probs.tolist() and got.confidence() == probs.max(axis=1).tolist()
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    assert got.top_k(3) == (order.tolist(), np.take_along_axis(probs, order, axis=1).tolist())
+    with pytest.raises(ClientError, match="for 5 images"):
+        answers.parse(buf.getvalue(), headers, 5)
+    with pytest.raises(ClientError, match="Mnist-Model"):
+        answers.parse(buf.getvalue(), {"Content-Type": "application/x-npy", VERSION_HEADER: "3"}, 6)
+    body = json.dumps(
+        {"model": "m", "model_version": 2, "predictions": [{"label": 1, "probabilities": [0.5] * 10}]}
+    )
+    assert answers.parse(body.encode(), {"Content-Type": "application/json"}, 1).labels == [1]
+    cm = np.arange(100).reshape(10, 10)
+    assert format_confusion(cm.tolist()) == format_confusion(cm)
+
+
+class SlowService:
+    """A fake predict route that answers .npy after `delay` s (label: each image's first pixel % 10)."""
+
+    def __init__(self, delay: float) -> None:
+        self.in_flight = self.most_in_flight = 0
+        lock = threading.Lock()
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                with lock:
+                    service.in_flight += 1
+                    service.most_in_flight = max(service.most_in_flight, service.in_flight)
+                images = np.frombuffer(self.rfile.read(int(self.headers["Content-Length"])), np.uint8)
+                time.sleep(delay)
+                probs = np.eye(10, dtype=np.float32)[images.reshape(-1, 784)[:, 0] % 10]
+                buf = io.BytesIO()
+                np.save(buf, probs)
+                with lock:
+                    service.in_flight -= 1
+                self.send_response(200)
+                for name, value in (("Content-Type", "application/x-npy"), (MODEL_HEADER, "fake"),
+                                    (VERSION_HEADER, "7"), ("Content-Length", str(buf.tell()))):  # fmt: skip
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(buf.getvalue())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+
+def test_two_requests_stay_in_flight(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = (np.arange(20, dtype=np.uint8)[:, None] * np.ones(784, np.uint8)).reshape(20, 28, 28)
+    write_idx(tmp_path / "t-images-idx3-ubyte", images, 0x803)
+    write_idx(tmp_path / "t-labels-idx1-ubyte", np.arange(20, dtype=np.uint8) % 10, 0x801)
+    service = SlowService(delay=0.1)
+    try:
+        status = cli.main(
+            ["predict", str(tmp_path / "t-images-idx3-ubyte"), "--url", service.url, "--model", "fake",
+             "--batch-size", "2", "--output", str(tmp_path / "out.csv")]
+        )  # fmt: skip
+    finally:
+        service.server.shutdown()
+        service.server.server_close()
+    assert status == 0 and service.most_in_flight == predict.IN_FLIGHT == 2
+    out = capsys.readouterr().out
+    assert "20 images predicted by fake v7" in out and "accuracy 100.00 % (20 of 20 labelled images)" in out
+    rows = read_csv(tmp_path / "out.csv")
+    assert [int(r["label"]) for r in rows] == [i % 10 for i in range(20)]
+    assert {r["confidence"] for r in rows} == {"1.000000"}
 
 
 def test_ctrl_c_while_following_cancels_with_cancel_on_interrupt(stack: Stack, tmp_path: Path) -> None:

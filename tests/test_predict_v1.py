@@ -203,6 +203,26 @@ def test_top_k_adds_the_best_labels(live: Live) -> None:
     assert [p["top_k"][0]["label"] for p in r.json()["predictions"]] == reference.argmax(axis=1).tolist()
 
 
+def test_accept_npy_answers_the_probabilities_as_a_float32_npy(live: Live) -> None:
+    def post(accept: str, query: str = "") -> requests.Response:
+        headers = {"Content-Type": RAW, "Accept": accept}
+        url = live.url(f"/v1/models/mnist:predict{query}")
+        return live.session.post(url, data=IMAGES.tobytes(), headers=headers, timeout=30)
+
+    r = post(NPY)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == NPY
+    assert (r.headers["Mnist-Model"], r.headers["Mnist-Model-Version"]) == ("mnist", "1")
+    probs = np.load(io.BytesIO(r.content), allow_pickle=False)
+    assert probs.dtype == np.float32 and probs.shape == (len(IMAGES), mlp.CLASSES)
+    as_json = post("*/*").json()["predictions"]  # the same numbers as the JSON answer's, exactly
+    np.testing.assert_array_equal(probs, np.array([p["probabilities"] for p in as_json], np.float32))
+    for accept in ("*/*", "", f"{JSON}, {NPY};q=0.5"):  # JSON stays the default, and wins when preferred
+        assert post(accept).headers["Content-Type"] == JSON
+    r = post(NPY, "?top_k=2")
+    assert r.status_code == 400 and "top_k" in r.json()["message"]
+
+
 def test_pinned_version_and_metrics(live: Live) -> None:
     r = live.predict(IMAGES.tobytes(), RAW, route="/v1/models/mnist/versions/1:predict")
     assert r.status_code == 200 and r.json()["model_version"] == 1
@@ -219,6 +239,7 @@ def test_openapi_documents_the_routes(live: Live) -> None:
                  "/v1/models/{model}/labels/{alias}:predict"):  # fmt: skip
         content = paths[path]["post"]["requestBody"]["content"]
         assert set(content) == {JSON, RAW, NPY}
+        assert set(paths[path]["post"]["responses"]["200"]["content"]) == {JSON, NPY}
         assert {"200", "400", "404", "413", "415"} <= set(paths[path]["post"]["responses"])
 
 

@@ -1,11 +1,14 @@
 """v1 predictions: ``POST /v1/models/<m>:predict``, ``…/versions/<v>:predict``, ``…/labels/<alias>:predict``.
 
 Bodies are read with orjson and NumPy, never through marshmallow: a batch of 10,000 images is
-7.8 million numbers. The schemas below only document the routes in OpenAPI.
+7.8 million numbers. The schemas below only document the routes in OpenAPI. The answer is JSON,
+or with `Accept: application/x-npy` the probabilities as a float32 (N, 10) .npy file, the model
+and version in the Mnist-Model and Mnist-Model-Version headers.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -20,7 +23,7 @@ from services.api.metrics import IMAGES
 from services.predictor import decode
 from services.predictor.cache import LoadedModel
 from shared import mlp
-from shared.errors import InvalidInput, UnsupportedMediaType
+from shared.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 blp = Blueprint(
     "predict_v1", __name__, description="Predictions: JSON, raw uint8 or .npy batches of 28×28 digits"
@@ -30,6 +33,10 @@ blp = Blueprint(
 JSON_FIELDS = ("instances", "pixel_range", "top_k")
 #: Content types read as .npy files.
 NPY_TYPES = ("application/x-npy", "application/npy")
+#: Media types of the answer, the default first (for `Accept: */*` or no Accept header).
+ANSWER_TYPES = ("application/json", *NPY_TYPES)
+#: Headers of an .npy answer: the model and the version that answered.
+MODEL_HEADER, VERSION_HEADER = "Mnist-Model", "Mnist-Model-Version"
 
 
 class PredictRequestSchema(Schema):
@@ -117,6 +124,24 @@ def error_docs(errors: dict[int, str]) -> dict[str, Any]:
     return {str(code): {"description": why, "content": content} for code, why in errors.items()}
 
 
+#: The answer: JSON, or the probabilities as .npy with `Accept: application/x-npy`.
+ANSWER_DOC = {
+    "200": {
+        "description": "the predictions: JSON by default, .npy probabilities with Accept: application/x-npy",
+        "content": {
+            "application/json": {"schema": PredictResponseSchema},
+            "application/x-npy": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "probabilities, float32 (N, 10); headers Mnist-Model, Mnist-Model-Version",
+                }
+            },
+        },
+    }
+}
+
+
 def _documented(view):
     """Attach the predict routes' OpenAPI description to `view`."""
     # One doc() and one response() wrapper: every flask-smorest decorator adds a call level to
@@ -125,7 +150,7 @@ def _documented(view):
         requestBody=REQUEST_BODY,
         parameters=QUERY,
         security=[{}, {"bearerAuth": []}],
-        responses=error_docs(ERRORS),
+        responses={**error_docs(ERRORS), **ANSWER_DOC},
     )(view)
     return blp.response(200, PredictResponseSchema)(view)
 
@@ -156,14 +181,38 @@ def _predict(model: str, version: int | None = None, alias: str | None = None) -
     svc = services()
     pixels, top_k = read_body(svc.settings.max_batch)
     loaded = svc.cache.get(model, version=version, alias=alias)
+    npy_answer = wants_npy()
+    if npy_answer and top_k is not None:
+        raise InvalidInput("top_k applies to JSON answers: an .npy answer holds every probability")
     probs = loaded.predict_proba(pixels)
     IMAGES.labels(loaded.model).inc(len(probs))
+    if npy_answer:
+        return render_npy(loaded, probs)
     return Response(render(loaded, probs, top_k), mimetype="application/json")
+
+
+def wants_npy() -> bool:
+    """Return True if the request's Accept header prefers an .npy answer to JSON."""
+    accept = request.headers.get("Accept", "")
+    # Most clients send no Accept or */*: the header is parsed only when it names npy.
+    return "npy" in accept and request.accept_mimetypes.best_match(ANSWER_TYPES) in NPY_TYPES
+
+
+def request_body() -> bytes:
+    """Return the whole request body; PayloadTooLarge above MNIST_MAX_BODY_BYTES, even sent chunked."""
+    limit = services().settings.max_body_bytes
+    # A Content-Length over the limit is refused before anything is read, but werkzeug ends a
+    # chunked body silently *at* max_content_length: one byte more shows that it was larger.
+    request.max_content_length = limit + 1
+    body = request.get_data(cache=False)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit:,} bytes (MNIST_MAX_BODY_BYTES)")
+    return body
 
 
 def read_body(max_batch: int) -> tuple[np.ndarray, int | None]:
     """Return the request's images as scaled rows, and top_k; 4xx errors for anything else."""
-    body = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413 before anything is read
+    body = request_body()
     # The raw header, not request.mimetype: only the media type matters, its options need no parse.
     mimetype = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
     query = request.args if request.query_string else {}
@@ -205,6 +254,16 @@ def _query_top_k() -> int | None:
     except ValueError:
         raise InvalidInput(f"top_k must be an integer from 1 to {mlp.CLASSES}, got {raw!r}") from None
     return check_top_k(value)
+
+
+def render_npy(loaded: LoadedModel, probs: np.ndarray) -> Response:
+    """Return the probabilities (N, 10) as a float32 .npy file; the model and version in headers."""
+    buf = io.BytesIO()
+    np.save(buf, probs.astype(np.float32, copy=False), allow_pickle=False)
+    response = Response(buf.getvalue(), mimetype="application/x-npy")
+    response.headers[MODEL_HEADER] = loaded.model
+    response.headers[VERSION_HEADER] = str(loaded.version)
+    return response
 
 
 def render(loaded: LoadedModel, probs: np.ndarray, top_k: int | None) -> bytes:
