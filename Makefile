@@ -9,7 +9,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 # Debian's chromium, driven by Playwright in the dashboard tests (never Playwright's own download).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help install test demo up bench lint lock clean system-data browser
+.PHONY: help install test reliability demo up bench lint lock clean system-data browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,16 +51,27 @@ browser:  ## Debian's chromium for the dashboard's browser tests, where apt is a
 test: install  ## run the whole test suite (needs Redis on REDIS_URL or 127.0.0.1:6379)
 	$(BIN)/pytest
 
-demo: install  ## train the default recipe on mnist-sample and evaluate it on held-out digits
-	$(BIN)/mnist train --dataset mnist-sample --out demo-model.npz
-	$(BIN)/mnist evaluate --model demo-model.npz --dataset mnist-sample
+# pyproject's addopts leave out the tests marked `reliability` (the long ones); `-m ''` clears that
+# filter, so this runs every test of tests/reliability, then writes docs/reliability.md's tables
+# (also when a test failed: the page then lists it; the target still fails).
+reliability: install  ## faults, load, fuzzing and security with the real stack: figures in docs/reliability.md (~10 min)
+	@rm -f bench/results/reliability.json; \
+	MNIST_RELIABILITY_RESULTS=bench/results/reliability.json $(BIN)/pytest tests/reliability -m ''; \
+	status=$$?; $(BIN)/python -m tests.reliability.report bench/results/reliability.json docs/reliability.md; \
+	exit $$status
+
+demo: install  ## the service end to end: stack, training job over HTTP, batch prediction, stop
+	$(BIN)/mnist demo
 
 up: install  ## run the local stack (gunicorn, 2 training workers, Redis if none answers)
 	$(BIN)/mnist up --port 8000 --workers 2
 
-bench: install  ## benchmarks (installs the optional PyTorch extra for the comparison)
+bench: install  ## every benchmark, side by side ratios (installs the optional PyTorch extra); ~15 min
 	-$(PIP) -e '.[dev,bench]'
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/worker.py
+	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/client.py
 
 lint: install  ## ruff and mypy
 	$(BIN)/ruff check .
