@@ -54,7 +54,7 @@ test: install  ## run the whole test suite (needs Redis on REDIS_URL or 127.0.0.
 # pyproject's addopts leave out the tests marked `reliability` (the long ones); `-m ''` clears that
 # filter, so this runs every test of tests/reliability, then writes docs/reliability.md's tables
 # (also when a test failed: the page then lists it; the target still fails).
-reliability: install  ## faults, load, fuzzing and security with the real stack: figures in docs/reliability.md (~10 min)
+reliability: install  ## faults, load, fuzzing and security with the real stack: figures in docs/reliability.md (~6 min)
 	@rm -f bench/results/reliability.json; \
 	MNIST_RELIABILITY_RESULTS=bench/results/reliability.json $(BIN)/pytest tests/reliability -m ''; \
 	status=$$?; $(BIN)/python -m tests.reliability.report bench/results/reliability.json docs/reliability.md; \

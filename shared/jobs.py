@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,8 @@ TRAIN_FUNCTION = "worker.tasks.train"
 STOP_FLAG_TTL = 3600
 #: Seconds DELETE waits for a running job to acknowledge its stop before answering.
 CANCEL_WAIT = 5.0
+#: A job id as RQ accepts one (it raises ValueError on anything else; ours are 32 hex digits).
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class JobState(enum.StrEnum):
@@ -125,7 +128,7 @@ class Jobs:
 
     def fetch(self, job_id: str) -> Job:
         """Return the job `job_id`; JobNotFound if RQ does not know it."""
-        if not job_id or len(job_id) > 64:
+        if not JOB_ID.fullmatch(job_id):  # RQ would raise ValueError (a 500), or read "a:b" as "a"
             raise JobNotFound(f"no job {job_id!r}")
         try:
             job = Job.fetch(job_id, connection=self.conn, serializer=JSONSerializer)

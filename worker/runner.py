@@ -11,6 +11,11 @@ Shutting down (SIGTERM or Ctrl-C, as `docker stop`, honcho and Kubernetes send) 
 for a training run that may last minutes: the worker passes SIGTERM to its work horse, whose
 training loop stops at the next step, saves a checkpoint and hands the job back to the queue
 (`WorkerShutdown`), where the next worker resumes it. The worker exits within a second or so.
+
+When Redis goes away (a restart, a failover), every Redis command of the worker and of its work
+horse retries for about a minute (`REDIS_RETRY`) instead of failing: RQ itself survives an outage
+only while idle, and a worker monitoring a running job would otherwise quit on the first
+heartbeat that fails (and its job would fail with it).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import os
 import signal
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -37,6 +44,9 @@ MAINTENANCE_INTERVAL = 5
 #: Seconds a worker's own registration lives without a heartbeat; an idle worker wakes every
 #: WORKER_TTL − 15 s, which bounds how late a maintenance pass can come.
 WORKER_TTL = 25
+#: Retries of a Redis command while Redis is unreachable: pauses doubling from 0.1 s up to 2 s,
+#: 35 of them, about a minute in all (then the command fails as before).
+REDIS_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), 35)
 
 
 class TrainingWorker(Worker):
@@ -79,6 +89,6 @@ def main() -> None:
     logging.basicConfig(
         level=os.environ.get("MNIST_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s"
     )
-    conn = redis.Redis.from_url(settings.redis_url)
+    conn = redis.Redis.from_url(settings.redis_url, retry=REDIS_RETRY)
     worker = make_worker(settings, conn, name=os.environ.get("MNIST_WORKER_NAME"))
     worker.work(logging_level=os.environ.get("MNIST_LOG_LEVEL", "INFO"))

@@ -106,7 +106,9 @@ class JobReporter:
 
     def save_checkpoint(self) -> None:
         """Store the trainer's state under the job's checkpoint key."""
-        blob = serialization.checkpoint_to_bytes(self.trainer.checkpoint())
+        # The live state, not a copy: training waits for this call, and a copy of a big model's
+        # parameters and optimizer slots would double the job's memory at every checkpoint.
+        blob = serialization.checkpoint_to_bytes(self.trainer.checkpoint(copy=False))
         self.conn.set(self.keys.checkpoint(self.job.id), blob, ex=CHECKPOINT_TTL)
         self.checkpoints += 1
 

@@ -30,7 +30,7 @@ from services.api.health import readiness
 from services.api.metrics import IMAGES
 from services.predictor import decode
 from services.predictor.cache import REDIS_ERRORS, LoadedModel
-from services.predictor.v1 import error_docs
+from services.predictor.v1 import error_docs, request_body
 from shared import __version__ as VERSION
 from shared import mlp
 from shared.errors import InvalidInput, ServiceUnavailable
@@ -275,7 +275,7 @@ def _model_ready(model: str, version: int | None) -> Response:
 def _infer(model: str, version: int | None) -> Response:
     check_predict_token()
     svc = services()
-    header, binary = _split(request.get_data(cache=False))
+    header, binary = _split(request_body())
     body = decode.load_json(header, "inference request")
     unknown = sorted(set(body) - set(REQUEST_FIELDS))
     if unknown:

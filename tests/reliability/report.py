@@ -1,0 +1,234 @@
+"""Write the figure tables of docs/reliability.md from the results of `make reliability`.
+
+    python -m tests.reliability.report [bench/results/reliability.json] [docs/reliability.md]
+
+The tables go between the markers ``<!-- figures:begin -->`` and ``<!-- figures:end -->``; the
+rest of the page (what each scenario checks, how to read it) is written by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results" / "reliability.json"
+PAGE = ROOT / "docs" / "reliability.md"
+BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
+
+#: (scenario key, title, [(figure key, label)]), in the order of the page.
+TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
+    ("worker_sigkill", "Fault (a): an RQ worker SIGKILLed mid-training", [
+        ("progress_at_kill", "progress when killed (fraction, last report)"),
+        ("iteration_last_reported", "iteration of the last progress report before the kill"),
+        ("checkpoint_interval_s", "MNIST_CHECKPOINT_INTERVAL of the run (s)"),
+        ("resumed_from_iteration", "resumed from iteration (the last checkpoint)"),
+        ("iterations_redone", "iterations trained twice (at least)"),
+        ("total_iterations", "iterations in the job"),
+        ("requeued_after_s", "the other worker took the job after (s)"),
+        ("training_again_after_s", "resume delay: training again after (s)"),
+        ("job_seconds", "whole job, submission to end (s)"),
+        ("versions_published", "versions published"),
+    ]),
+    ("redis_restart", "Fault (b): Redis killed -9 and restarted under traffic", [
+        ("outage_s", "Redis down for (s)"),
+        ("requests", "prediction requests in the run"),
+        ("requests_during_outage", "of which sent while Redis was down"),
+        ("failures", "failed predictions (un-pinned, model in memory)"),
+        ("metadata_route_during_outage", "GET /v1/models/<m> while down (status)"),
+        ("readyz_reconnected_after_s", "/readyz sees Redis again after (s)"),
+        ("new_version_served_after_s", "a version published after the restart served after (s)"),
+        ("job_after_restart_s", "a job submitted after the restart finished in (s)"),
+        ("job_after_restart_worker", "it ran on worker"),
+        ("job_training_during_outage", "the job that was training during the outage ended"),
+        ("job_training_worker", "it trained on worker"),
+        ("job_training_attempts", "its attempts"),
+        ("workers_alive", "RQ workers alive afterwards (of 2)"),
+        ("versions_survived", "versions published before the kill and found after (AOF)"),
+    ]),
+    ("gunicorn_worker_sigkill", "Fault (c): a gunicorn worker process SIGKILLed under load", [
+        ("requests", "prediction requests in the run"),
+        ("concurrency", "client threads"),
+        ("failed_requests", "failed requests (in flight on the killed process)"),
+        ("failed_after_the_kill", "failed requests sent after the kill"),
+        ("new_worker_after_s", "gunicorn started a new worker after (s)"),
+        ("jobs_accepted", "jobs accepted (202) around the kill"),
+        ("jobs_refused_or_cut", "job submissions cut by the kill"),
+        ("jobs_finished", "accepted jobs finished"),
+    ]),
+    ("corrupt_blob", "Fault (d): a corrupted blob in Redis", [
+        ("refusal_reported_after_s", "/readyz names the refused version after (s)"),
+        ("predictions_while_refused", "un-pinned predictions while refused"),
+        ("failures", "of which failed"),
+        ("versions_answering", "versions that answered"),
+        ("pinned_corrupt_version_status", "a prediction pinned to the corrupt version (status)"),
+        ("weights_download_status", "its weights download (status)"),
+        ("corrupt_reloads_counted", "mnist_model_reloads_total{outcome=\"corrupt\"}"),
+        ("next_good_version_served_after_s", "the next good version served after (s)"),
+    ]),
+    ("corrupt_blob_fresh_process",
+     "Fault (d), limit: a gunicorn process started after the corruption (it never held v1)", [
+        ("requests", "un-pinned predictions on fresh connections (2 processes)"),
+        ("answered_by_v1", "answered by v1 (the process that held it)"),
+        ("answered_503", "answered 503 (the new process: nothing to fall back on)"),
+        ("other_statuses", "other statuses"),
+    ]),
+    ("load", "Load: 20,000 predictions at concurrency 16, 10 publishes", [
+        ("requests", "requests"), ("failures", "failures"), ("concurrency", "concurrency"),
+        ("publishes", "publishes during the run"), ("versions_answering", "versions that answered"),
+        ("answers_from_unpublished_versions", "answers from a version not yet published"),
+        ("p50_ms", "p50 latency (ms)"), ("p99_ms", "p99 latency (ms)"), ("max_ms", "max latency (ms)"),
+        ("throughput_rps", "throughput (requests/s)"), ("seconds", "duration (s)"),
+        ("first_answer_after_publish_max_ms",
+         "slowest first answer from a new version, after publish() was called (ms)"),
+    ]),
+    ("load_short", "Load, short version (make test): 2,000 predictions, 3 publishes", [
+        ("requests", "requests"), ("failures", "failures"), ("publishes", "publishes during the run"),
+        ("answers_from_unpublished_versions", "answers from a version not yet published"),
+        ("p50_ms", "p50 latency (ms)"), ("p99_ms", "p99 latency (ms)"),
+        ("throughput_rps", "throughput (requests/s)"),
+    ]),
+    ("fuzz", "Hostile input: schemathesis cases from /openapi.json", [
+        ("cases", "cases in all"), ("cases_random_names", "with generated names"),
+        ("cases_existing_resources", "against a model, version, alias, dataset and job that exist"),
+        ("operations", "operations"), ("statuses", "statuses answered"),
+        ("server_errors", "5xx answers (check not_a_server_error)"), ("seed", "hypothesis seed"),
+        ("seconds", "duration (s)"),
+    ]),
+    ("fuzz_smoke", "Hostile input, smoke pass (make test)", [
+        ("cases", "cases"), ("operations", "operations"), ("server_errors", "5xx answers"),
+    ]),
+    ("pickle", "Hostile input: a pickled .npy whose unpickling would create a file", [
+        ("attempts", "uploads (predict .npy, dataset .npz/.npy/raw pickle)"), ("refused", "refused with 400"),
+        ("unpickled", "files created"),
+    ]),
+    ("idx_huge_header_4294967295x4294967295", "Hostile input: IDX header declaring 4,294,967,295 images", [
+        ("upload_bytes", "upload (bytes)"), ("declared_mib", "declared pixels (MiB)"), ("status", "status"),
+        ("peak_rss_growth_kib", "API worker peak RSS growth (KiB)"),
+    ]),
+    ("idx_huge_header_1000000x1000000",
+     "Hostile input: IDX header declaring 1,000,000 images (the limit), 3 present", [
+        ("upload_bytes", "upload (bytes)"), ("declared_mib", "declared pixels (MiB)"), ("status", "status"),
+        ("peak_rss_growth_kib", "API worker peak RSS growth (KiB)"),
+    ]),
+    ("idx_inflating_upload",
+     "Hostile input: a small gzipped IDX upload that inflates to 1,000,000 real images", [
+        ("upload_bytes", "upload (bytes)"), ("inflated_mib", "inflated size (MiB)"), ("status", "status"),
+        ("peak_rss_growth_mib", "API worker peak RSS growth (MiB)"), ("seconds", "request time (s)"),
+    ]),
+    ("tokens", "Security: tokens", [
+        ("routes_checked", "non-GET operations of /openapi.json checked (401 without, 403 wrong)"),
+        ("unguarded", "operations that wrote or predicted without the token"),
+    ]),
+    ("token_timing", "Security: timing of wrong tokens (sanity check)", [
+        ("requests", "requests"), ("near_median_ms", "median, token wrong in its last character (ms)"),
+        ("far_median_ms", "median, token wrong in its first character (ms)"),
+        ("difference_us", "difference (µs)"),
+    ]),
+    ("redis_password", "Security: a Redis password in REDIS_URL", [
+        ("job", "training job"), ("predict", "prediction (status)"),
+        ("password_in_logs", "password in the logs"),
+        ("seconds", "submit to prediction (s)"),
+    ]),
+    ("no_pickle", "Security: nothing loads pickle", [
+        ("files_scanned", "Python files scanned"),
+        ("rq_constructions", "RQ queues, workers and job look-ups"),
+        ("findings", "findings"),
+    ]),
+    ("memory_bounds", "Security: hyperparameter bounds and the memory budget", [
+        ("budget_mib", "MNIST_MAX_JOB_MEMORY_MB"),
+        ("full_batch_4x2048_estimate_mib", "estimate of 4×2048, full batch, fashion-mnist (MiB): refused"),
+        ("largest_accepted", "largest spec accepted on fashion-mnist"),
+        ("largest_accepted_estimate_mib", "its estimate (MiB)"),
+    ]),
+    ("memory_worst_case", "Security: peak memory of the largest accepted job (real RQ work horse)", [
+        ("spec", "spec (fashion-mnist)"), ("estimate_mib", "estimate (MiB)"), ("budget_mib", "budget (MiB)"),
+        ("measured_peak_rss_mib", "measured peak RSS of the work horse (MiB)"),
+        ("within_budget", "within the budget"),
+        ("job_status", "job"), ("seconds", "duration (s)"),
+    ]),
+    ("memory_float32_augmented",
+     "Security: peak memory of float32, batch 8192, affine augmentation (accepted)", [
+        ("spec", "spec (fashion-mnist)"), ("estimate_mib", "estimate (MiB)"), ("budget_mib", "budget (MiB)"),
+        ("measured_peak_rss_mib", "measured peak RSS of the work horse (MiB)"),
+        ("within_budget", "within the budget"),
+        ("job_status", "job"), ("seconds", "duration (s)"),
+    ]),
+]  # fmt: skip
+
+
+#: Figures that are identifiers, not quantities: written without thousands separators.
+PLAIN = {"seed"}
+
+
+def _cell(value: Any, field: str = "") -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and field not in PLAIN:
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    text = str(value)
+    return f"`{text}`" if text.startswith("{") else text
+
+
+def tables(results: dict[str, Any]) -> str:
+    """Return the Markdown of every table whose scenario has figures in `results`."""
+    scenarios = results.get("scenarios", {})
+    machine = results.get("machine", {})
+    lines = [
+        f"Figures of the last `make reliability` run ({results.get('updated_at', '?')}; "
+        f"{machine.get('cpus', '?')} CPUs, Python {machine.get('python', '?')}). "
+        "Generated by `tests/reliability/report.py` from `bench/results/reliability.json`.",
+        "",
+    ]
+    for key, title, rows in TABLES:
+        figures = scenarios.get(key)
+        if not figures:
+            continue
+        lines += [f"#### {title}", "", "| figure | value |", "|---|---|"]
+        lines += [f"| {label} | {_cell(figures[f], f)} |" for f, label in rows if f in figures]
+        lines += ["", f"_Scenario `{key}`, measured {figures.get('recorded_at', '?')}._", ""]
+    outcomes = results.get("outcomes", {})
+    if outcomes:
+        failed = sorted(k for k, v in outcomes.items() if v == "failed")
+        skipped = sorted(k for k, v in outcomes.items() if v == "skipped")
+        passed = sum(v == "passed" for v in outcomes.values())
+        lines += [
+            "#### Outcome",
+            "",
+            f"{passed} tests passed, {len(failed)} failed, {len(skipped)} skipped.",
+            "",
+        ]
+        lines += [f"- failed: `{k}`" for k in failed] + [f"- skipped: `{k}`" for k in skipped]
+        lines += [""] if failed or skipped else []
+    missing = [key for key, _, _ in TABLES if key not in scenarios]
+    if missing:
+        lines += [f"Not measured in this run: {', '.join(missing)}.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write(results_path: Path = RESULTS, page: Path = PAGE) -> None:
+    """Replace the figures between the markers of `page` with tables of `results_path`."""
+    results = json.loads(results_path.read_text())
+    text = page.read_text()
+    head, begin, rest = text.partition(BEGIN)
+    _, end, tail = rest.partition(END)
+    if not begin or not end:
+        raise SystemExit(f"{page}: the markers {BEGIN} and {END} are missing")
+    page.write_text(f"{head}{BEGIN}\n{tables(results)}{END}{tail}")
+
+
+def main(argv: list[str]) -> None:
+    results = Path(argv[0]) if argv else RESULTS
+    page = Path(argv[1]) if len(argv) > 1 else PAGE
+    write(results, page)
+    print(f"wrote the figures of {results} into {page}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,477 @@
+"""Security: tokens on every write, constant-time comparison, Redis passwords, no pickle, memory bounds.
+
+- Every non-GET operation of /openapi.json answers 401 without a token and 403 with a wrong one
+  (the server also has a predict token, so that the predict routes are guarded too).
+- `services/api/auth.py` compares tokens with `hmac.compare_digest` (a code check), and the
+  timing of wrong tokens does not depend on how much of the token they share (a sanity check).
+- A Redis password in REDIS_URL works end to end: a private `redis-server --requirepass`, a
+  server and a worker on `redis://:pw@…`: a job trains and publishes, the version predicts.
+- Nothing loads pickle: a scan of the project's code, and the job payload RQ stores is JSON.
+- The hyperparameter bounds keep one job within MNIST_MAX_JOB_MEMORY_MB: the largest spec the
+  API accepts on fashion-mnist is trained for two steps by a real RQ work horse in a subprocess,
+  whose peak RSS is measured.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from services.api import auth
+from shared import datasets
+from shared.config import Settings
+from shared.errors import InvalidInput
+from shared.jobs import Jobs
+from shared.pipeline import load_spec
+from shared.recipes import make_config
+from shared.schemas import MAX_BATCH_SIZE, MAX_HIDDEN_LAYERS, MAX_HIDDEN_UNITS, spec_to_config_fields
+from shared.training import estimate_memory
+from tests.api_helpers import Live, cleanup, live_stack, new_env
+from tests.live_fixtures import ROOT, StackEnv, start_server, start_worker
+from tests.reliability.conftest import Figures
+from tests.reliability.stack import IMAGE, RAW, private_redis, wait_for
+
+#: The code that must never unpickle: the service, the worker, the client and the benchmarks.
+CODE = ("shared", "worker", "services", "client", "bench")
+PREDICT_TOKEN = "predict-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A gunicorn with both tokens (writes and predictions)."""
+    with live_stack(
+        redis_url, tmp_path_factory.mktemp("security"), workers=1, MNIST_PREDICT_TOKEN=PREDICT_TOKEN
+    ) as stack:
+        yield stack
+
+
+# --- tokens -------------------------------------------------------------------------------------
+def guarded_operations(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return (method, path) of every operation that is not a GET, with its parameters filled in."""
+    values = {"model": "mnist", "version": "1", "alias": "production", "name": "mine", "job_id": "abc123"}
+    found = []
+    for path, operations in spec["paths"].items():
+        for method in operations:
+            if method in ("get", "parameters"):
+                continue
+            concrete = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
+            found.append((method.upper(), concrete))
+    return found
+
+
+def test_every_non_get_route_needs_a_token(live: Live, figures: Figures) -> None:
+    spec = live.get("/openapi.json").json()
+    operations = guarded_operations(spec)
+    assert len(operations) >= 13, operations  # 7 writes, 5 predictions, 1 evaluation
+    body = {"data": b"{}", "headers": {"Content-Type": "application/json"}}
+    for method, path in operations:
+        url = live.url + path
+        missing = requests.request(method, url, timeout=30, **body)
+        assert missing.status_code == 401, (method, path, missing.status_code, missing.text)
+        assert missing.headers.get("WWW-Authenticate") == "Bearer", (method, path)
+        for wrong in ("Bearer not-the-token", f"Bearer {live.env.token}x", f"Bearer {live.env.token[:-1]}"):
+            headers = {**body["headers"], "Authorization": wrong}
+            r = requests.request(method, url, data=body["data"], headers=headers, timeout=30)
+            assert r.status_code == 403, (method, path, wrong, r.status_code, r.text)
+        # The two tokens are not interchangeable: each opens only its own routes.
+        predicts = any(part in path for part in (":predict", ":evaluate", "/infer"))
+        other = live.env.token if predicts else PREDICT_TOKEN
+        r = requests.request(
+            method,
+            url,
+            data=body["data"],
+            headers={**body["headers"], "Authorization": f"Bearer {other}"},
+            timeout=30,
+        )
+        assert r.status_code == 403, (method, path, "other token", r.status_code)
+    figures.record("tokens", routes_checked=len(operations), unguarded=0)
+
+
+def test_tokens_are_compared_in_constant_time() -> None:
+    tree = ast.parse(Path(auth.__file__).read_text())
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "compare_digest"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id in ("hmac", "secrets")
+    ]
+    assert calls, "services/api/auth.py must compare tokens with hmac.compare_digest"
+    # No token, header or expected value is ever compared with == or !=.
+    suspicious = {"token", "expected", "header"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):
+            names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+            assert not names & suspicious, f"line {node.lineno}: {ast.unparse(node)}"
+
+
+@pytest.mark.reliability
+def test_a_wrong_token_takes_as_long_whatever_it_shares_with_the_right_one(
+    redis_url: str, tmp_path: Path, figures: Figures
+) -> None:
+    """A sanity check of timing, not a proof: the HTTP round trip dwarfs a compare_digest."""
+    env = new_env(redis_url)
+    env = dataclasses.replace(env, token="t" * 64)
+    server = start_server(env, tmp_path, workers=1)
+    try:
+        url = f"{server.url}/v1/models/mnist/aliases/x"
+        near = "t" * 63 + "u"  # all but the last character right
+        far = "u" + "t" * 63  # the first character wrong
+        samples: dict[str, list[float]] = {"near": [], "far": []}
+        with requests.Session() as s:
+            for i in range(800):
+                which = ("near", "far")[i % 2]
+                token = near if which == "near" else far
+                started = time.perf_counter()
+                r = s.delete(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+                samples[which].append(time.perf_counter() - started)
+                assert r.status_code == 403
+        near_ms = statistics.median(samples["near"][100:]) * 1000
+        far_ms = statistics.median(samples["far"][100:]) * 1000
+        figures.record(
+            "token_timing",
+            requests=800,
+            near_median_ms=round(near_ms, 3),
+            far_median_ms=round(far_ms, 3),
+            difference_us=round((near_ms - far_ms) * 1000, 1),
+        )
+        assert abs(near_ms - far_ms) < 0.25, (near_ms, far_ms)
+    finally:
+        server.process.stop()
+        cleanup(env)
+
+
+# --- a Redis password ---------------------------------------------------------------------------
+@pytest.mark.reliability
+def test_a_redis_password_in_redis_url_works_end_to_end(tmp_path: Path, figures: Figures) -> None:
+    password = "pw-" + uuid.uuid4().hex
+    with private_redis(tmp_path, password=password) as db:
+        assert db.url.startswith(f"redis://:{password}@")
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=db.port).set("x", 1)  # the server does refuse clients without it
+        env = StackEnv(redis_url=db.url, prefix="pw:", queue="training-pw", token="tok-pw")
+        started = time.monotonic()
+        server = start_server(env, tmp_path)
+        worker = start_worker(env, tmp_path, OPENBLAS_NUM_THREADS="1")
+        try:
+            auth_header = env.auth
+            r = requests.post(
+                f"{server.url}/v1/jobs",
+                headers=auth_header,
+                timeout=30,
+                json={"model": "secret", "dataset": "mnist-sample", "hidden": [16], "epochs": 1},
+            )
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+
+            def ended() -> dict | None:
+                view = requests.get(f"{server.url}/v1/jobs/{job_id}", timeout=30).json()
+                return view if view["status"] in ("finished", "failed", "canceled") else None
+
+            view = wait_for(ended, 120, "the job to end", 0.2)
+            assert view["status"] == "finished", view
+            version = view["result"]["version"]
+            r = requests.post(
+                f"{server.url}/v1/models/secret:predict",
+                data=IMAGE.tobytes(),
+                headers={"Content-Type": RAW},
+                timeout=30,
+            )
+            assert r.status_code == 200 and r.json()["model_version"] == version, r.text
+            ready = requests.get(f"{server.url}/readyz", timeout=30).json()
+            assert ready["redis"] is True
+            assert password not in worker.log() and password not in server.process.log()
+            figures.record(
+                "redis_password",
+                job=view["status"],
+                version=version,
+                predict=r.status_code,
+                seconds=round(time.monotonic() - started, 1),
+                password_in_logs=False,
+            )
+        finally:
+            worker.stop()
+            server.process.stop()
+
+
+# --- no pickle ------------------------------------------------------------------------------------
+def python_files() -> list[Path]:
+    files = [p for d in CODE for p in sorted((ROOT / d).rglob("*.py")) if "__pycache__" not in p.parts]
+    assert len(files) > 30
+    return files
+
+
+def _name(node: ast.AST) -> str:
+    """Return the dotted name of a call's function (`np.load`, `Job.fetch`, `Queue`)."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_name(node.value)}.{node.attr}"
+    return ""
+
+
+def _keyword(call: ast.Call, name: str) -> ast.AST | None:
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+#: RQ constructors and loaders that deserialize with pickle unless given another serializer.
+RQ_CALLS = {
+    "Queue",
+    "Worker",
+    "SimpleWorker",
+    "TrainingWorker",
+    "Job",
+    "Job.create",
+    "Job.fetch",
+    "Job.fetch_many",
+    "Queue.from_queue_key",
+    "Worker.find_by_key",
+}
+#: Modules that unpickle (or execute) what they read.
+UNSAFE_MODULES = {
+    "pickle",
+    "cPickle",
+    "_pickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "shelve",
+    "marshal",
+    "jsonpickle",
+}
+
+
+def pickle_findings(path: Path) -> list[str]:
+    """Return every place in `path` that could load a pickle."""
+    tree = ast.parse(path.read_text(), str(path))
+    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for module in modules:
+                if module.split(".")[0] in UNSAFE_MODULES:
+                    found.append(f"{where}:{node.lineno}: imports {module}")
+        if not isinstance(node, ast.Call):
+            continue
+        name = _name(node.func)
+        allow = _keyword(node, "allow_pickle")
+        if allow is not None and not (isinstance(allow, ast.Constant) and allow.value is False):
+            found.append(f"{where}:{node.lineno}: allow_pickle={ast.unparse(allow)}")
+        numpy_load = name.split(".")[-1] in ("load", "read_array") and name.split(".")[0] in (
+            "np",
+            "numpy",
+            "format",
+        )
+        if numpy_load and not (isinstance(allow, ast.Constant) and allow.value is False):
+            found.append(f"{where}:{node.lineno}: {name}( without allow_pickle=False")
+        if name in ("yaml.load", "yaml.unsafe_load", "yaml.full_load", "pickle.loads", "pickle.load"):
+            found.append(f"{where}:{node.lineno}: {name}(")
+        if name in RQ_CALLS or name.split(".")[-1] in ("TrainingWorker",):
+            serializer = _keyword(node, "serializer")
+            if serializer is None or _name(serializer).split(".")[-1] != "JSONSerializer":
+                found.append(f"{where}:{node.lineno}: {name}( without serializer=JSONSerializer")
+    return found
+
+
+def test_nothing_in_the_code_loads_pickle(figures: Figures) -> None:
+    files = python_files()
+    findings = [f for path in files for f in pickle_findings(path)]
+    rq_calls = sum(
+        1
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and _name(node.func) in RQ_CALLS
+    )
+    figures.record("no_pickle", files_scanned=len(files), rq_constructions=rq_calls, findings=len(findings))
+    assert findings == []
+    assert rq_calls >= 4  # the scan does see the queue, the worker and the job look-ups
+
+
+def test_the_scan_catches_what_it_looks_for(tmp_path: Path) -> None:
+    bad = tmp_path / "probe.py"
+    bad.write_text(
+        "import pickle\nimport numpy as np\nimport yaml\nfrom rq import Queue\nfrom rq.job import Job\n"
+        "np.load('x')\nnp.load('x', allow_pickle=True)\nyaml.load('a')\nQueue('q')\nJob.fetch('id')\n"
+    )
+    findings = pickle_findings(bad)
+    assert len(findings) == 7, findings
+
+
+def test_the_job_payload_in_redis_is_json(redis_client: redis.Redis, stack_env: StackEnv) -> None:
+    settings = dataclasses.replace(Settings.from_env({}), key_prefix=stack_env.prefix, queue=stack_env.queue)
+    job = Jobs(redis_client, settings).submit(
+        load_spec({"dataset": "mnist-sample", "hidden": [8], "epochs": 1})
+    )
+    data = redis_client.hget(f"rq:job:{job.id}", "data")
+    assert data is not None
+    payload = json.loads(zlib.decompress(data))  # RQ compresses it; JSON, not a pickle, inside
+    assert payload[0] == "worker.tasks.train" and payload[2][0]["hidden"] == [8]
+    assert not data.startswith(b"\x80")  # a pickle's PROTO opcode
+
+
+# --- the memory budget of one job -----------------------------------------------------------------
+FASHION_TRAIN = datasets.BUILTIN_TRAIN_SIZES["fashion-mnist"]
+
+
+def estimate(spec: dict[str, Any], n_images: int = FASHION_TRAIN) -> int:
+    loaded = load_spec({"dataset": "fashion-mnist", **spec})
+    config = make_config(loaded.get("recipe"), dataset=loaded["dataset"], **spec_to_config_fields(loaded))
+    return estimate_memory(config, n_images)
+
+
+def largest_accepted_spec(budget: int) -> dict[str, Any]:
+    """Return the accepted spec with the largest estimate: widest layers, every memory option on."""
+    base = {
+        "hidden": [MAX_HIDDEN_UNITS] * MAX_HIDDEN_LAYERS,
+        "optimizer": "adam",
+        "dtype": "float64",
+        "patience": 1,
+        "validation_fraction": 0.5,
+        "iterations": 2,
+    }
+    best: dict[str, Any] | None = None
+    for augment in ("none", "shift", "affine"):
+        lo, hi = 0, MAX_BATCH_SIZE  # the largest batch that fits (0 = full batch does not)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if estimate({**base, "augment": augment, "batch_size": mid}) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo:
+            spec = {**base, "augment": augment, "batch_size": lo}
+            if best is None or estimate(spec) > estimate(best):
+                best = spec
+    assert best is not None
+    return best
+
+
+def test_the_bounds_refuse_what_does_not_fit(
+    redis_client: redis.Redis, stack_env: StackEnv, figures: Figures
+) -> None:
+    settings = dataclasses.replace(Settings.from_env({}), key_prefix=stack_env.prefix, queue=stack_env.queue)
+    jobs = Jobs(redis_client, settings)
+    budget = settings.max_job_memory_mb * 2**20
+    full_batch = {
+        "hidden": [MAX_HIDDEN_UNITS] * MAX_HIDDEN_LAYERS,
+        "optimizer": "gd",
+        "batch_size": 0,
+        "iterations": 2,
+    }
+    with pytest.raises(InvalidInput, match="budget"):
+        jobs.check_memory(load_spec({"dataset": "fashion-mnist", **full_batch}))
+    worst = largest_accepted_spec(budget)
+    jobs.check_memory(load_spec({"dataset": "fashion-mnist", **worst}))  # accepted
+    with pytest.raises(InvalidInput, match="budget"):
+        jobs.check_memory(
+            load_spec({"dataset": "fashion-mnist", **worst, "batch_size": worst["batch_size"] + 64})
+        )
+    figures.record(
+        "memory_bounds",
+        budget_mib=settings.max_job_memory_mb,
+        full_batch_4x2048_estimate_mib=round(estimate(full_batch) / 2**20),
+        largest_accepted=json.dumps({k: v for k, v in worst.items() if k != "iterations"}),
+        largest_accepted_estimate_mib=round(estimate(worst) / 2**20),
+    )
+
+
+PROBE = """
+import json, resource, sys
+import redis
+from shared.config import Settings
+from shared.jobs import Jobs
+from shared.pipeline import load_spec
+from worker.runner import make_worker
+
+settings = Settings.from_env()
+conn = redis.Redis.from_url(settings.redis_url)
+job = Jobs(conn, settings).submit(load_spec(json.loads(sys.argv[1])))
+make_worker(settings, conn, name=sys.argv[2]).work(burst=True, logging_level="WARNING")
+job.refresh()
+print(json.dumps({
+    "status": job.get_status(),
+    "error": job.meta.get("error"),
+    "horse_peak_rss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    "worker_peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+}))
+"""
+
+
+#: The second spec measured: float32 at the largest batch, with augmentation (accepted, a step-bound peak).
+FLOAT32_AUGMENTED = {
+    "hidden": [MAX_HIDDEN_UNITS] * MAX_HIDDEN_LAYERS,
+    "optimizer": "adam",
+    "dtype": "float32",
+    "patience": 1,
+    "validation_fraction": 0.5,
+    "augment": "affine",
+    "batch_size": MAX_BATCH_SIZE,
+    "iterations": 2,
+}
+
+
+@pytest.mark.reliability
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("which", ["memory_worst_case", "memory_float32_augmented"])
+def test_the_largest_accepted_jobs_stay_within_the_memory_budget(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, figures: Figures, which: str
+) -> None:
+    if not next(e for e in datasets.catalogue() if e["name"] == "fashion-mnist")["available"]:
+        pytest.skip("fashion-mnist is not installed (make system-data)")
+    settings = Settings.from_env({})
+    budget_mib = settings.max_job_memory_mb
+    hyper = largest_accepted_spec(budget_mib * 2**20) if which == "memory_worst_case" else FLOAT32_AUGMENTED
+    spec = {"dataset": "fashion-mnist", "model": "memory-probe", **hyper}
+    env = new_env(redis_url)
+    started = time.monotonic()
+    try:
+        # The probe submits through Jobs (the API's memory check), then runs one burst worker whose
+        # forked work horse trains two steps, validates, checkpoints, evaluates and publishes.
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE, json.dumps(spec), f"probe-{uuid.uuid4().hex[:6]}"],
+            env=env.environ(MNIST_CHECKPOINT_INTERVAL="0", OPENBLAS_NUM_THREADS="2"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=840,
+            check=False,
+        )
+    finally:
+        cleanup(env)
+        for key in redis_client.smembers(f"rq:workers:{env.queue}"):
+            redis_client.srem("rq:workers", key)
+            redis_client.delete(key)
+        redis_client.delete(f"rq:workers:{env.queue}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    peak_mib = result["horse_peak_rss_kib"] / 1024
+    figures.record(
+        which,
+        spec=json.dumps({k: v for k, v in spec.items() if k not in ("model", "dataset")}),
+        estimate_mib=round(estimate(spec) / 2**20),
+        budget_mib=budget_mib,
+        measured_peak_rss_mib=round(peak_mib),
+        within_budget=peak_mib <= budget_mib,
+        job_status=result["status"],
+        seconds=round(time.monotonic() - started, 1),
+    )
+    assert result["status"] == "finished", result
+    assert peak_mib <= budget_mib, f"peak RSS {peak_mib:.0f} MiB above the {budget_mib} MiB budget"
