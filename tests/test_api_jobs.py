@@ -37,7 +37,9 @@ def run_worker(live: Live, tmp_path: Path) -> Iterator[Process]:
 
 
 def test_train_follow_publish_download(live: Live, run_worker: Process) -> None:
-    spec = {**SMALL_JOB, "epochs": 3, "model": "flow"}
+    # Affine augmentation makes the job last about a second (hidden [32] alone trains in 0.1 s),
+    # long enough for the stream, which polls every 0.25 s, to see it running.
+    spec = {**SMALL_JOB, "epochs": 3, "augment": "affine", "model": "flow"}
     queued = live.submit(spec)
     assert queued["status"] == "queued"
     assert queued["spec"] == spec
