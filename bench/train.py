@@ -14,7 +14,7 @@ CrossEntropyLoss, optim.SGD, a shuffled index per epoch) timed the same way. Run
 ratio of medians. The sgemm ceiling is the samples/s that the step's three matrix products
 alone reach (NumPy/OpenBLAS), an upper bound for any implementation using this BLAS.
 
-Usage: python bench/train.py [--repeats 3] [--batch-sizes 64,256,0] [--dataset fashion-mnist]
+Usage: python bench/train.py [--repeats 5] [--batch-sizes 64,256,0] [--dataset fashion-mnist]
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-sizes", default="64,256,0")
     parser.add_argument("--dataset", default="fashion-mnist")
     args = parser.parse_args()

@@ -57,6 +57,18 @@ def test_backward_matches_central_differences(sizes: tuple[int, ...], init: mlp.
         assert np.linalg.norm(analytic) > 0, f"{name}: a zero gradient proves nothing"
 
 
+def test_backward_scale_multiplies_every_gradient() -> None:
+    """A plain SGD step folds its learning rate into backward(): the same step, one pass less."""
+    params = mlp.init_params((784, 16, 12, 10), np.random.default_rng(3), "he", np.float64)
+    x, y = batch(8)
+    fwd = mlp.forward(params, x)
+    plain = mlp.backward(params, fwd, y)
+    scaled = mlp.backward(params, fwd, y, scale=0.1)
+    for g, s in zip(plain, scaled, strict=True):
+        assert s.shape == g.shape
+        np.testing.assert_allclose(s, 0.1 * g, rtol=1e-12, atol=1e-15)
+
+
 def test_backward_equals_the_tutorial_formulas_in_column_layout() -> None:
     params = mlp.init_params((784, 10, 10), np.random.default_rng(2), "uniform", np.float64)
     w1, b1, w2, b2 = params
