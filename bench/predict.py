@@ -56,6 +56,8 @@ JSON_BATCH = 1_000
 CONCURRENCY = 8
 PUBLISHES = 20
 TARGETS = {"raw": 0.5, "json": 0.1, "single": 0.6}
+#: Seconds between two measures, so that one's BLAS threads have stopped spinning.
+BLAS_SPIN_PAUSE = 0.3
 
 
 def free_port() -> int:
@@ -197,6 +199,9 @@ def measure_batches(params, images: np.ndarray, url: str, rounds: int) -> dict[s
     for _ in range(rounds):
         for name, (fn, items) in runs.items():
             rates[name].append(items / seconds(fn))
+            # OpenBLAS's threads spin for about 0.1 s after a call (THREAD_TIMEOUT): without a
+            # pause, the in-process run's threads would take the server's cores in the next one.
+            time.sleep(BLAS_SPIN_PAUSE)
     return {name: statistics.median(values) for name, values in rates.items()}
 
 

@@ -108,8 +108,9 @@ def evaluate(args: argparse.Namespace) -> int:
         parts.append((data.x_train, data.y_train))
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts]).astype(np.intp)
+    dtype = params[0].dtype
     pred = np.concatenate(
-        [mlp.predict(params, mlp.scale_pixels(x[i : i + 8192], params[0].dtype)) for i in range(0, len(y), 8192)]
+        [mlp.predict(params, mlp.scale_pixels(x[i : i + 8192], dtype)) for i in range(0, len(y), 8192)]
     )
     cm = confusion_matrix(y, pred)
     report = {
@@ -126,7 +127,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.model} on {data.name} ({args.split}, {len(y)} images): accuracy {100 * report['accuracy']:.2f} %")
+    accuracy = 100 * report["accuracy"]
+    print(f"{args.model} on {data.name} ({args.split}, {len(y)} images): accuracy {accuracy:.2f} %")
     print(format_confusion(cm))
     return 0
 
@@ -143,5 +145,3 @@ def datasets_command(args: argparse.Namespace) -> int:
         if not e.get("available") and e.get("how_to_get"):
             print(f"{'':<15} {e['how_to_get']}")
     return 0
-
-

@@ -53,6 +53,9 @@ class Settings:
     poll_interval: float = _env_field("MNIST_POLL_INTERVAL", 2.0, "seconds between registry polls")
     model_cache_size: int = _env_field("MNIST_MODEL_CACHE", 8, "pinned versions held in memory")
     max_batch: int = _env_field("MNIST_MAX_BATCH", 10_000, "images per prediction request")
+    forward_threads: int = _env_field(
+        "MNIST_FORWARD_THREADS", 0, "threads a large batch's forward pass is split across (0: one per core)"
+    )
     max_body_bytes: int = _env_field("MNIST_MAX_BODY_BYTES", 64 * 1024 * 1024, "bytes per request body")
     max_dataset_bytes: int = _env_field(
         "MNIST_MAX_DATASET_BYTES", 128 * 1024 * 1024, "bytes per dataset upload"

@@ -18,11 +18,14 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import os
 import threading
 import time
 import zlib
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +47,10 @@ from shared.registry import Registry, check_name, check_version, parse_event
 
 log = logging.getLogger(__name__)
 
+#: Rows in each chunk of a batch whose forward pass is split across threads (at least).
+MIN_CHUNK_ROWS = 512
+#: Cores this process may run on: the default number of forward-pass threads.
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 #: Images in the warm-up batch run on every version before it serves.
 WARMUP_IMAGES = 8
 #: Seconds before a refused (corrupt) version is fetched again, unless an event names the model.
@@ -75,9 +82,32 @@ class LoadedModel:
     meta: dict[str, Any]
     loaded_at: float = field(default_factory=time.time)
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Return class probabilities (N, 10) of scaled float32 rows x (N, 784)."""
-        return mlp.predict_proba(self.params, x)
+    def predict_proba(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Return class probabilities (N, 10) of rows x (N, 784): float32 in 0–1, or uint8 pixels.
+
+        A batch of at least 2 × MIN_CHUNK_ROWS images is split into chunks run on up to
+        `threads` threads (0: one per core). The server runs BLAS single-threaded
+        (OPENBLAS_NUM_THREADS=1, so that small requests do not contend), and NumPy releases the
+        GIL in BLAS calls and ufuncs: the chunks then use every core, as a multi-threaded BLAS
+        call would in-process.
+        """
+        threads = threads or CORES
+        chunks = min(threads, len(x) // MIN_CHUNK_ROWS)
+        if chunks < 2:
+            return self._forward(x)
+        out = np.empty((len(x), mlp.CLASSES), dtype=np.float32)
+        bounds = np.linspace(0, len(x), chunks + 1).astype(int).tolist()
+
+        def run(lo: int, hi: int) -> None:
+            out[lo:hi] = self._forward(x[lo:hi])
+
+        pool = _forward_pool(threads)
+        for future in [pool.submit(run, lo, hi) for lo, hi in itertools.pairwise(bounds)]:
+            future.result()
+        return out
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        return mlp.predict_proba(self.params, mlp.scale_pixels(x) if x.dtype == np.uint8 else x)
 
     def describe(self) -> dict[str, Any]:
         """Return what status() reports about this version."""
@@ -86,6 +116,22 @@ class LoadedModel:
             "sha256": self.sha256,
             "loaded_at": datetime.fromtimestamp(self.loaded_at, UTC).isoformat(timespec="milliseconds"),
         }
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_key: tuple[int, int] = (0, 0)
+_pool_lock = threading.Lock()
+
+
+def _forward_pool(threads: int) -> ThreadPoolExecutor:
+    """Return this process's pool of forward-pass threads (a forked worker makes its own)."""
+    global _pool, _pool_key
+    key = (os.getpid(), threads)
+    with _pool_lock:
+        if _pool is None or _pool_key != key:
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="forward")
+            _pool_key = key
+        return _pool
 
 
 def prepare(model: str, version: int, sha256: str, blob: bytes) -> LoadedModel:

@@ -1,8 +1,9 @@
 """Request bodies → pixel rows: JSON numbers, raw uint8 bytes, .npy files and V2 tensors.
 
-Every decoder returns float32 rows (N, 784) scaled to 0–1, which is what `mlp.predict_proba`
-takes, or raises `InvalidInput` (400) / `PayloadTooLarge` (413) naming the problem. Nothing here
-runs a Python loop per pixel: bodies of 10,000 images must decode in milliseconds.
+Every decoder returns pixel rows (N, 784), checked: float32 scaled to 0–1, or uint8 (0–255) as
+sent, which `LoadedModel.predict_proba` scales chunk by chunk in its forward-pass threads. Or
+it raises `InvalidInput` (400) / `PayloadTooLarge` (413) naming the problem. Nothing here runs
+a Python loop per pixel: bodies of 10,000 images must decode in milliseconds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 from shared import mlp
 from shared.errors import InvalidInput, PayloadTooLarge
@@ -35,6 +37,36 @@ def load_json(body: bytes, what: str = "body") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput(f"the {what} must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def fast_instances(body: bytes) -> dict[str, Any] | None:
+    """Return the fields of a well-formed JSON prediction body, "instances" as one array, or None.
+
+    The common body, an object whose "instances" are rows of exactly 784 numbers and whose other
+    fields are scalars, is read by simdjson straight into one float64 buffer: about three times
+    faster than orjson, which builds a Python number per pixel. Anything else (not JSON, another
+    shape, a boolean, a null or a string among the pixels) returns None, and the caller takes the
+    general path (`load_json`, `from_numbers`), whose errors name the problem exactly.
+    """
+    try:
+        doc = simdjson.Parser().parse(body)
+        if not isinstance(doc, simdjson.Object):
+            return None
+        fields: dict[str, Any] = {key: doc[key] for key in doc.keys()}  # noqa: SIM118
+        rows = fields.pop("instances", None)
+        if not isinstance(rows, simdjson.Array) or len(rows) == 0:
+            return None
+        if any(isinstance(value, simdjson.Object | simdjson.Array) for value in fields.values()):
+            return None
+        if any(not isinstance(row, simdjson.Array) or len(row) != mlp.INPUT_SIZE for row in rows):
+            return None
+        values = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
+    except (ValueError, TypeError, KeyError, RuntimeError):  # simdjson's parse and type errors
+        return None
+    if values.size != len(rows) * mlp.INPUT_SIZE:  # an image held a nested list, flattened
+        return None
+    fields["instances"] = values.reshape(len(rows), mlp.INPUT_SIZE)
+    return fields
 
 
 def pixel_range(value: object) -> str:
@@ -76,15 +108,14 @@ def from_numbers(
 
 
 def from_raw(body: bytes | memoryview, max_batch: int, what: str = "body") -> np.ndarray:
-    """Return scaled rows from raw bytes: N×784 uint8 pixels, row-major, no header."""
+    """Return uint8 rows (a view of `body`) from raw bytes: N×784 pixels, row-major, no header."""
     size = len(body)
     if size == 0:
         raise InvalidInput(f"the {what} is empty: send N×784 uint8 pixels")
     if size % mlp.INPUT_SIZE:
         raise InvalidInput(f"the {what} holds {size} bytes, not a multiple of 784 (one uint8 per pixel)")
     check_batch(size // mlp.INPUT_SIZE, max_batch)
-    pixels = np.frombuffer(body, dtype=np.uint8).reshape(-1, mlp.INPUT_SIZE)
-    return mlp.scale_pixels(pixels)
+    return np.frombuffer(body, dtype=np.uint8).reshape(-1, mlp.INPUT_SIZE)
 
 
 def from_npy(body: bytes, prange: str, max_batch: int) -> np.ndarray:
@@ -145,13 +176,16 @@ def from_buffer(
 
 
 def scale(array: np.ndarray, prange: str, what: str) -> np.ndarray:
-    """Return `array` checked (numeric, finite, in range, 784 pixels each) as float32 rows in 0–1."""
+    """Return `array` checked (numeric, finite, in range, 784 pixels each) as rows (N, 784).
+
+    uint8 pixels come back as they are (every value is in range); anything else as float32 in 0–1.
+    """
     if array.dtype.kind not in NUMERIC_KINDS:
         raise InvalidInput(f"{what} hold values that are not numbers (strings, null or objects)")
     check_shape(array.shape, what)
     rows = array.reshape(array.shape[0], mlp.INPUT_SIZE)
     if rows.dtype == np.uint8 and prange == "uint8":
-        return mlp.scale_pixels(rows)
+        return rows
     if rows.dtype.kind == "f" and not np.isfinite(rows).all():
         raise InvalidInput(f"{what} hold NaN or Inf")
     low, high = (0, 255) if prange == "uint8" else (0, 1)

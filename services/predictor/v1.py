@@ -184,7 +184,7 @@ def _predict(model: str, version: int | None = None, alias: str | None = None) -
     npy_answer = wants_npy()
     if npy_answer and top_k is not None:
         raise InvalidInput("top_k applies to JSON answers: an .npy answer holds every probability")
-    probs = loaded.predict_proba(pixels)
+    probs = loaded.predict_proba(pixels, svc.settings.forward_threads)
     IMAGES.labels(loaded.model).inc(len(probs))
     if npy_answer:
         return render_npy(loaded, probs)
@@ -217,7 +217,8 @@ def read_body(max_batch: int) -> tuple[np.ndarray, int | None]:
     mimetype = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
     query = request.args if request.query_string else {}
     if not mimetype or mimetype == "application/json" or mimetype.endswith("+json"):
-        data = decode.load_json(body)
+        fast = decode.fast_instances(body)
+        data = fast if fast is not None else decode.load_json(body)
         unknown = sorted(set(data) - set(JSON_FIELDS))
         if unknown:
             raise InvalidInput(f"unknown fields {unknown}: a prediction body has {list(JSON_FIELDS)}")
@@ -225,6 +226,9 @@ def read_body(max_batch: int) -> tuple[np.ndarray, int | None]:
             raise InvalidInput('the body needs "instances": a list of images of 784 pixel values')
         prange = decode.pixel_range(data.get("pixel_range", query.get("pixel_range")))
         top_k = check_top_k(data["top_k"]) if "top_k" in data else _query_top_k()
+        if fast is not None:
+            decode.check_batch(len(fast["instances"]), max_batch)
+            return decode.scale(fast["instances"], prange, "instances"), top_k
         return decode.from_numbers(data["instances"], body, prange, max_batch), top_k
     if mimetype == "application/octet-stream":
         if decode.pixel_range(query.get("pixel_range")) != "uint8":

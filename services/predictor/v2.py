@@ -292,7 +292,7 @@ def _infer(model: str, version: int | None) -> Response:
         raise InvalidInput(f"the body carries {len(binary)} bytes of binary data; the inputs declare {used}")
     outputs = _requested_outputs(body.get("outputs"), params)
     loaded = svc.cache.get(model, version=version)
-    probs = loaded.predict_proba(pixels)
+    probs = loaded.predict_proba(pixels, svc.settings.forward_threads)
     IMAGES.labels(loaded.model).inc(len(probs))
     return _respond(loaded, request_id, probs, outputs)
 

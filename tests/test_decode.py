@@ -1,0 +1,83 @@
+"""The predictor's pure parts in-process: the fast JSON path and the forward pass split across threads.
+
+Everything here is also exercised through gunicorn in test_predict_v1.py / test_predict_v2.py
+(every body format gives the same answer; every bad body its 4xx); these tests pin down the two
+fast paths themselves: when they apply, and that they compute exactly what the plain path does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from services.predictor import decode
+from services.predictor.cache import MIN_CHUNK_ROWS, LoadedModel
+from shared import mlp
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (3, mlp.INPUT_SIZE), dtype=np.uint8)
+
+
+def body(**fields: object) -> bytes:
+    return orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def test_fast_path_reads_well_formed_bodies_exactly() -> None:
+    fields = decode.fast_instances(body(instances=IMAGES, top_k=3, pixel_range=None))
+    assert fields is not None and fields["top_k"] == 3 and fields["pixel_range"] is None
+    np.testing.assert_array_equal(fields["instances"], IMAGES)
+    unit = IMAGES / 255
+    fields = decode.fast_instances(body(instances=unit, pixel_range="unit"))
+    assert fields is not None
+    np.testing.assert_array_equal(fields["instances"], unit)  # float64 in, float64 out: exact
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[[1, 2, 3]]",
+        b'{"instances": []}',
+        b'{"instances": [1, 2, 3]}',
+        b'{"images": [[0]]}',
+        body(instances=IMAGES.reshape(3, 28, 28)),  # 28×28 grids: the general path reshapes them
+        body(instances=IMAGES[:, :783].copy()),
+        orjson.dumps({"instances": [[True] + [0] * 783]}),
+        orjson.dumps({"instances": [[None] + [0] * 783]}),
+        orjson.dumps({"instances": [["7"] + [0] * 783]}),
+        orjson.dumps({"instances": [[[1, 2]] + [0] * 783]}),  # a nested list, which would flatten
+        orjson.dumps({"instances": [[0] * 784], "top_k": [1]}),
+        orjson.dumps({"instances": [[0] * 784], "options": {"a": 1}}),
+        b'{"instances": [[0]]} trailing',
+        b'{"instances": [[1e400]]}',
+    ],
+)
+def test_fast_path_leaves_everything_else_to_the_general_path(raw: bytes) -> None:
+    assert decode.fast_instances(raw) is None
+
+
+def test_raw_bytes_stay_uint8_and_are_scaled_in_the_forward_pass() -> None:
+    rows = decode.from_raw(IMAGES.tobytes(), max_batch=10)
+    assert rows.dtype == np.uint8 and rows.shape == (3, mlp.INPUT_SIZE)
+    model = make_model()
+    expected = mlp.predict_proba(model.params, mlp.scale_pixels(IMAGES))
+    np.testing.assert_array_equal(model.predict_proba(rows), expected)
+
+
+def test_a_large_batch_split_across_threads_gives_the_same_probabilities() -> None:
+    model = make_model()
+    rows = 2 * MIN_CHUNK_ROWS + 7
+    images = np.random.default_rng(1).integers(0, 256, (rows, mlp.INPUT_SIZE), dtype=np.uint8)
+    whole = mlp.predict_proba(model.params, mlp.scale_pixels(images))
+    for threads in (2, 3):
+        split = model.predict_proba(images, threads=threads)
+        assert split.shape == whole.shape and split.dtype == np.float32
+        np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-7)
+        assert (split.argmax(axis=1) == whole.argmax(axis=1)).all()
+    scaled = model.predict_proba(mlp.scale_pixels(images), threads=2)
+    np.testing.assert_allclose(scaled, whole, rtol=1e-5, atol=1e-7)
+
+
+def make_model() -> LoadedModel:
+    params = mlp.init_params((mlp.INPUT_SIZE, 32, mlp.CLASSES), np.random.default_rng(2), "he", np.float32)
+    return LoadedModel("m", 1, "0" * 64, [np.ascontiguousarray(p) for p in params], {})
