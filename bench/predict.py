@@ -215,6 +215,8 @@ def measure_concurrency(pool, images: np.ndarray, url: str, rounds: int, secs: f
         "single_raw": ("POST", path, images[:1].tobytes(), "application/octet-stream"),
     }
     rates: dict[str, list[float]] = {name: [] for name in kinds}
+    for method, route, body, ctype in kinds.values():  # warm-up: every thread of both workers
+        concurrent_rate(pool, url, method, route, body, ctype, 0.5)
     for _ in range(rounds):
         for name, (method, route, body, ctype) in kinds.items():
             rates[name].append(concurrent_rate(pool, url, method, route, body, ctype, secs))

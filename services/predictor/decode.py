@@ -175,10 +175,12 @@ def from_buffer(
     return scale(array, prange, "the input tensor")
 
 
-def scale(array: np.ndarray, prange: str, what: str) -> np.ndarray:
+def scale(array: np.ndarray, prange: str, what: str, finite: bool = False) -> np.ndarray:
     """Return `array` checked (numeric, finite, in range, 784 pixels each) as rows (N, 784).
 
     uint8 pixels come back as they are (every value is in range); anything else as float32 in 0–1.
+    `finite=True` skips the NaN/Inf scan for values known finite (JSON numbers read by simdjson,
+    which refuses 1e400 and has no NaN).
     """
     if array.dtype.kind not in NUMERIC_KINDS:
         raise InvalidInput(f"{what} hold values that are not numbers (strings, null or objects)")
@@ -186,7 +188,7 @@ def scale(array: np.ndarray, prange: str, what: str) -> np.ndarray:
     rows = array.reshape(array.shape[0], mlp.INPUT_SIZE)
     if rows.dtype == np.uint8 and prange == "uint8":
         return rows
-    if rows.dtype.kind == "f" and not np.isfinite(rows).all():
+    if rows.dtype.kind == "f" and not finite and not np.isfinite(rows).all():
         raise InvalidInput(f"{what} hold NaN or Inf")
     low, high = (0, 255) if prange == "uint8" else (0, 1)
     lowest, highest = rows.min(), rows.max()

@@ -228,7 +228,7 @@ def read_body(max_batch: int) -> tuple[np.ndarray, int | None]:
         top_k = check_top_k(data["top_k"]) if "top_k" in data else _query_top_k()
         if fast is not None:
             decode.check_batch(len(fast["instances"]), max_batch)
-            return decode.scale(fast["instances"], prange, "instances"), top_k
+            return decode.scale(fast["instances"], prange, "instances", finite=True), top_k
         return decode.from_numbers(data["instances"], body, prange, max_batch), top_k
     if mimetype == "application/octet-stream":
         if decode.pixel_range(query.get("pixel_range")) != "uint8":
