@@ -134,7 +134,7 @@ def backward(params: Params, fwd: Forward, y: np.ndarray, scale: float = 1.0) ->
     grads: Params = [np.empty(0)] * len(params)
     for i in range(len(params) - 2, -1, -2):
         a_prev = fwd.activations[i // 2]
-        # (A·dZ)ᵀ rather than dZᵀ·A: the same numbers, a faster sgemm, and an F-ordered result
+        # (Aᵀ·dZ)ᵀ rather than dZᵀ·A: the same product, a faster sgemm, and an F-ordered result
         # that matches the trainer's F-ordered weights element for element.
         grads[i] = (a_prev.T @ dz).T
         grads[i + 1] = dz.sum(axis=0)

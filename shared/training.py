@@ -263,8 +263,9 @@ class Trainer:
             raise ValueError("the checkpoint was made with a different config")
         s = self._state
         # Weights in Fortran order: (out, in) as everywhere, but Wᵀ is then C-contiguous, which
-        # makes X·Wᵀ about 15 % faster; gradients and optimizer state follow the same layout, so
-        # updates stay contiguous. A fresh run and a resumed one use the same layout (bit-exact).
+        # OpenBLAS multiplies faster (about 5 % on a whole step at batch 256, docs/benchmarks.md);
+        # gradients and optimizer state follow the same layout, so updates stay contiguous. A
+        # fresh run and a resumed one use the same layout, hence the same bits.
         s.params = [np.asfortranarray(p) for p in s.params]
         s.optimizer_state = [np.asfortranarray(a) for a in s.optimizer_state]
         self._plain_step = config.optimizer in ("gd", "sgd") and not config.weight_decay

@@ -118,20 +118,18 @@ class LoadedModel:
         }
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_key: tuple[int, int] = (0, 0)
-_pool_lock = threading.Lock()
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
 def _forward_pool(threads: int) -> ThreadPoolExecutor:
-    """Return this process's pool of forward-pass threads (a forked worker makes its own)."""
-    global _pool, _pool_key
+    """Return this process's pool of `threads` forward-pass threads (a forked worker makes its own)."""
     key = (os.getpid(), threads)
-    with _pool_lock:
-        if _pool is None or _pool_key != key:
-            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="forward")
-            _pool_key = key
-        return _pool
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="forward")
+        return pool
 
 
 def prepare(model: str, version: int, sha256: str, blob: bytes) -> LoadedModel:
