@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -539,5 +540,8 @@ def test_ctrl_c_while_following_cancels_with_cancel_on_interrupt(stack: Stack, t
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and f"job {job_id} canceled" in err
+    # The DELETE waits a few seconds for the job to stop; a job still starting up (forking,
+    # loading its data) may only stop after that, so the CLI may report it "started".
+    assert "Traceback" not in err
+    assert re.search(rf"job {job_id} (canceled|started) \(interrupted\)", err), err
     assert stack.live.wait(job_id)["status"] == "canceled"

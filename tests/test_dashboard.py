@@ -54,7 +54,7 @@ VIEWS = ("models", "training", "draw", "inspect")
 #: Milliseconds the page may take for one step (a view's data, a prediction, an evaluation).
 STEP_MS = 20_000
 #: Seconds a training job may take in the browser test, on busy cores.
-JOB_SECONDS = 90.0
+JOB_SECONDS = 180.0
 
 
 # --- the page, without a browser -----------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_demo_trains_over_http_predicts_the_held_out_digits_and_stops(stack_env:
     assert f"http://127.0.0.1:{port}/" in out and "Traceback" not in result.stderr
     # The stack it started is gone: no new gunicorn, worker or redis-server survives it.
     deadline = time.monotonic() + 10
-    while (left := _stack_pids() - before) and time.monotonic() < deadline:
+    while (left := _stack_pids(stack_env.prefix) - before) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, left
 
@@ -45,14 +45,22 @@ def _pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
 
-def _stack_pids() -> set[int]:
+def _stack_pids(prefix: str) -> set[int]:
+    """Return the live gunicorn, worker and redis-server processes started with this key prefix.
+
+    The prefix in the environment tells the demo's processes from those of anything else running
+    on the machine (a benchmark's workers, say).
+    """
     found = set()
+    marker = f"MNIST_KEY_PREFIX={prefix}".encode()
     for pid in _pids():
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if state != "Z" and ("services.wsgi" in cmd or cmd.endswith("-m worker ") or "redis-server" in cmd):
+        kind = "services.wsgi" in cmd or cmd.endswith("-m worker ") or "redis-server" in cmd
+        if kind and state != "Z" and marker in environ:
             found.add(pid)
     return found

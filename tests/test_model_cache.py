@@ -140,7 +140,7 @@ def test_hot_reload_follows_publishes_and_alias_moves(cache: ModelCache, registr
 
     v2 = publish(registry, "digits", 2)
     took = wait_for(lambda: cache.get("digits").version == v2, what="v2 served")
-    assert took < 2.0
+    assert took < 5.0  # milliseconds, normally; the bound tolerates a stalled test process
     assert metric("mnist_model_reloads_total", model="digits", outcome="ok") == reloads + 1
     assert metric("mnist_model_version_served", model="digits") == v2
 
@@ -170,7 +170,7 @@ def test_the_poll_catches_up_without_events(registry: Registry, settings: Settin
         cache._listen = lambda: None  # type: ignore[method-assign]
         cache.start()
         v2 = publish(registry, "digits", 2)
-        assert wait_for(lambda: cache.get("digits").version == v2, what="v2 by poll") < 2.0
+        assert wait_for(lambda: cache.get("digits").version == v2, what="v2 by poll") < 5.0
     finally:
         cache.stop()
 

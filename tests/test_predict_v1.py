@@ -437,8 +437,8 @@ def test_hot_reload_under_load_loses_no_request(live: Live) -> None:
             t.join(30)
     assert failures == []
     assert served[0] > 20
-    # The target is < 0.5 s (bench/predict.py measures it); the bound tolerates a busy machine.
-    assert np.percentile(latencies, 99) < 2.0, latencies
+    # The target is < 0.5 s (bench/predict.py measures it); the bounds tolerate a busy machine.
+    assert np.median(latencies) < 1.0 and max(latencies) < 5.0, latencies
 
 
 def test_a_corrupt_version_is_refused_and_readiness_says_why(live: Live) -> None:
@@ -446,6 +446,9 @@ def test_a_corrupt_version_is_refused_and_readiness_says_why(live: Live) -> None
     v1 = live.publish(m, 1, label=1)
     live.registry.set_alias(m, "production", v1)
     settles(lambda: live.answer(m) == (v1, 1))
+    # Both gunicorn workers must hold v1 before the default moves to the corrupt v2: a worker
+    # that first meets the model then has nothing to fall back on (reliability.md, known limits).
+    settles(lambda: live.answer(m) == (v1, 1) and serving_processes(live, m, v1) == 2, timeout=30, streak=1)
     v2 = live.publish(m, 2, label=2)
     live.redis.set(live.keys.blob(m, v2), b"bytes that do not match the sha256")
     live.registry.delete_alias(m, "production")  # the default moves to v2, which must be refused

@@ -208,7 +208,7 @@ def test_sigterm_checkpoints_requeues_and_another_worker_resumes(stack: Stack) -
     first.popen.wait(30)
     exited = time.monotonic() - asked
     print(f"\nworker exited {exited:.2f} s after SIGTERM")
-    assert exited < 10, first.log()
+    assert exited < 20, first.log()  # 1–2 s normally
 
     job = stack.job(job_id)
     assert job.get_status() == JobStatus.QUEUED, stack.jobs.describe(job)
@@ -254,7 +254,7 @@ def test_cancel_a_running_job_stops_it_without_publishing(stack: Stack) -> None:
     took = time.monotonic() - asked
     print(f"\nrunning job canceled in {took:.2f} s")
     assert view["status"] == "canceled", view
-    assert took < 10
+    assert took < 20  # 1–2 s normally
     assert view["result"] is None and view["error"] is None
     assert view["progress"]["fraction"] < 1
     assert stack.versions() == [] and stack.registry.published_by(job_id) is None
@@ -336,7 +336,7 @@ def test_progress_is_written_while_running_and_throttled(stack: Stack) -> None:
     )
     assert len(writes) >= 3
     assert len(writes) - 1 <= span / 0.5 + 2
-    assert statistics.median(gaps) >= 0.4
+    assert statistics.median(gaps) >= 0.3  # seen by a poller: a stall shortens a gap
     assert len(view["curve"]) == view["progress"]["epoch"]  # one entry per finished epoch
 
 
