@@ -11,7 +11,7 @@ sizes 64, 256 and full. Our side is exactly the command
 and its reported samples_per_second; the PyTorch side is the idiomatic loop (nn.Sequential,
 CrossEntropyLoss, optim.SGD, a shuffled index per epoch) timed the same way. Runs alternate
 (ours, theirs, ours, …) in fresh processes so that machine noise hits both; the figure is the
-ratio of medians. The sgemm ceiling is the samples/s that the step's three matrix products
+ratio of medians. The sgemm ceiling is the samples/s that the step's five matrix products
 alone reach (NumPy/OpenBLAS), an upper bound for any implementation using this BLAS.
 
 Usage: python bench/train.py [--repeats 5] [--batch-sizes 64,256,0] [--dataset fashion-mnist]
