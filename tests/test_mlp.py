@@ -131,6 +131,8 @@ def test_predict_proba_rows_sum_to_one_and_predict_is_their_argmax(sizes: tuple[
     assert proba.shape == (50, 10) and proba.dtype == np.float32
     assert (proba >= 0).all()
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    # The inference path drops what only training needs, and computes the same bits.
+    np.testing.assert_array_equal(proba, mlp.forward(params, x).probabilities)
     labels = mlp.predict(params, x)
     np.testing.assert_array_equal(labels, proba.argmax(axis=1))
     assert mlp.accuracy(params, x, y, batch=7) == pytest.approx(float((labels == y).mean()))
