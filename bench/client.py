@@ -30,8 +30,6 @@ import contextlib
 import io
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +46,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import print_table, save_results  # noqa: E402
+from bench.common import print_table, save_results, start_gunicorn, stop_gunicorn  # noqa: E402
 from client.cli import DEFAULT_PREDICT_BATCH  # noqa: E402
 from shared import datasets, mlp, serialization  # noqa: E402
 from shared.keys import Keys  # noqa: E402
@@ -59,55 +57,6 @@ SIZES = (784, 512, 10)
 IMAGES = 10_000
 TARGET = 0.5
 MNIST = Path(sys.executable).parent / "mnist"
-
-
-def free_port() -> int:
-    """Return a free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(redis_url: str, prefix: str, tmp: Path) -> tuple[subprocess.Popen, str]:
-    """Start gunicorn on a free port; return (process, base URL) once /healthz answers."""
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "REDIS_URL": redis_url,
-            "MNIST_KEY_PREFIX": prefix,
-            "MNIST_API_TOKEN": uuid.uuid4().hex,
-            "MNIST_DEFAULT_MODEL": MODEL,
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp),
-            "WEB_CONCURRENCY": "2",
-            "MNIST_THREADS": "8",
-            "OPENBLAS_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-            "MNIST_LOG_LEVEL": "warning",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    cmd = [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "--config", str(ROOT / "services" / "gunicorn_conf.py"),
-        "--bind", f"127.0.0.1:{port}",
-        "services.api:create_app()",
-    ]  # fmt: skip
-    log = (tmp / "gunicorn.log").open("wb")
-    process = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError((tmp / "gunicorn.log").read_text())
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).ok:
-                return process, url
-        except requests.RequestException:  # not listening yet, or a worker still importing
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("gunicorn did not start within 30 s")
 
 
 def test_images() -> tuple[np.ndarray, np.ndarray, str]:
@@ -203,7 +152,7 @@ def main() -> None:
     np.savez(npz, x_test=x.reshape(-1, 28, 28), y_test=y)
     out = tmp / "out.csv"
     (tmp / "prometheus").mkdir()
-    process, url = start_server(redis_url, prefix, tmp / "prometheus")
+    process, url = start_gunicorn(redis_url, prefix, uuid.uuid4().hex, tmp / "prometheus", model=MODEL)
     body = x.tobytes()
     session = requests.Session()
     raw: list[float] = []
@@ -226,11 +175,7 @@ def main() -> None:
         rows_written = sum(1 for _ in out.open()) - 1
     finally:
         session.close()
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_gunicorn(process)
         for key in conn.scan_iter(match=f"{prefix}*", count=1000):
             conn.delete(key)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,14 +1,93 @@
-"""Helpers shared by the benchmarks: a plain-text table and a results file per run."""
+"""Helpers shared by the benchmarks: a gunicorn to measure, a plain-text table, a results file per run."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_gunicorn(
+    redis_url: str,
+    prefix: str,
+    token: str,
+    tmp: Path,
+    *,
+    model: str,
+    workers: int = 2,
+    threads: int = 8,
+    blas_threads: int = 1,
+) -> tuple[subprocess.Popen, str]:
+    """Start the service's gunicorn on a free port; return (process, base URL) once /healthz answers.
+
+    `tmp` holds the Prometheus files and gunicorn.log; `model` is the default model of /v1/jobs.
+    """
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "MNIST_KEY_PREFIX": prefix,
+            "MNIST_API_TOKEN": token,
+            "MNIST_DEFAULT_MODEL": model,
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp),
+            "WEB_CONCURRENCY": str(workers),
+            "MNIST_THREADS": str(threads),
+            "OPENBLAS_NUM_THREADS": str(blas_threads),
+            "OMP_NUM_THREADS": str(blas_threads),
+            "MNIST_LOG_LEVEL": "warning",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    cmd = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "--config", str(ROOT / "services" / "gunicorn_conf.py"),
+        "--bind", f"127.0.0.1:{port}",
+        "services.api:create_app()",
+    ]  # fmt: skip
+    log = (tmp / "gunicorn.log").open("wb")
+    process = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError((tmp / "gunicorn.log").read_text())
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).ok:
+                return process, url
+        except requests.RequestException:  # not listening yet, or a worker still importing
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("gunicorn did not start within 30 s")
+
+
+def stop_gunicorn(process: subprocess.Popen) -> None:
+    """Stop gunicorn gracefully (SIGTERM), or kill it after 20 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def print_table(rows: list[dict[str, Any]], header: bool = True) -> None:

@@ -26,10 +26,7 @@ import http.client
 import multiprocessing
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +41,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import print_table, save_results  # noqa: E402
+from bench.common import print_table, save_results, start_gunicorn, stop_gunicorn  # noqa: E402
 from shared import mlp, serialization  # noqa: E402
 from shared.keys import Keys  # noqa: E402
 from shared.registry import Registry  # noqa: E402
@@ -58,54 +55,6 @@ PUBLISHES = 20
 TARGETS = {"raw": 0.5, "json": 0.1, "single": 0.6}
 #: Seconds between two measures, so that one's BLAS threads have stopped spinning.
 BLAS_SPIN_PAUSE = 0.3
-
-
-def free_port() -> int:
-    """Return a free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args: argparse.Namespace, redis_url: str, prefix: str, token: str, tmp: Path):
-    """Start gunicorn; return (process, base URL) once /healthz answers."""
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "REDIS_URL": redis_url,
-            "MNIST_KEY_PREFIX": prefix,
-            "MNIST_API_TOKEN": token,
-            "MNIST_DEFAULT_MODEL": MODEL,
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp),
-            "WEB_CONCURRENCY": str(args.workers),
-            "MNIST_THREADS": str(args.threads),
-            "OPENBLAS_NUM_THREADS": str(args.blas_threads),
-            "OMP_NUM_THREADS": str(args.blas_threads),
-            "MNIST_LOG_LEVEL": "warning",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    cmd = [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "--config", str(ROOT / "services" / "gunicorn_conf.py"),
-        "--bind", f"127.0.0.1:{port}",
-        "services.api:create_app()",
-    ]  # fmt: skip
-    log = (tmp / "gunicorn.log").open("wb")
-    process = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError((tmp / "gunicorn.log").read_text())
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).ok:
-                return process, url
-        except requests.RequestException:  # not listening yet, or a worker still importing
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("gunicorn did not start within 30 s")
 
 
 def seconds(fn) -> float:
@@ -306,18 +255,17 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-predict-"))
     pool = multiprocessing.get_context("fork").Pool(CONCURRENCY)  # forked before any thread exists
-    process, url = start_server(args, redis_url, prefix, uuid.uuid4().hex, tmp)
+    process, url = start_gunicorn(
+        redis_url, prefix, uuid.uuid4().hex, tmp,
+        model=MODEL, workers=args.workers, threads=args.threads, blas_threads=args.blas_threads,
+    )  # fmt: skip
     try:
         batches = measure_batches(params, images, url, args.rounds)
         concurrent = measure_concurrency(pool, images, url, max(args.rounds // 2, 1), args.seconds)
         first, settled = hot_reload(registry, url, blobs, images[:1].tobytes())
     finally:
         pool.terminate()
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_gunicorn(process)
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
             client.delete(key)
         shutil.rmtree(tmp, ignore_errors=True)
