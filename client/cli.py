@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from client.errors import flatten
+
 #: Exit status of a command that failed for a reason it explains.
 EXIT_ERROR = 1
 #: Exit status of a command line that does not parse.
@@ -202,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except _validation_error() as exc:
         print(
-            f"mnist {args.command}: invalid options: {_flatten(getattr(exc, 'messages', exc))}",
+            f"mnist {args.command}: invalid options: {flatten(getattr(exc, 'messages', exc), _flag)}",
             file=sys.stderr,
         )
     except _domain_error() as exc:
@@ -219,6 +221,11 @@ class _NotRaised(Exception):
     """Matches nothing: stands for an exception class whose module was never imported."""
 
 
+def _flag(field: str) -> str:
+    """Return the command-line spelling of a spec field (learning_rate → learning-rate)."""
+    return field.replace("_", "-")
+
+
 def _validation_error() -> type[Exception]:
     """Return marshmallow's ValidationError if marshmallow is loaded (it is slow to import, so lazily)."""
     marshmallow = sys.modules.get("marshmallow")
@@ -229,14 +236,6 @@ def _domain_error() -> type[Exception]:
     """Return shared.errors.MnistError if a command imported it (`mnist predict` needs no shared module)."""
     errors = sys.modules.get("shared.errors")
     return errors.MnistError if errors is not None else _NotRaised
-
-
-def _flatten(messages: object) -> str:
-    if isinstance(messages, dict):
-        return "; ".join(f"{str(k).replace('_', '-')}: {_flatten(v)}" for k, v in messages.items())
-    if isinstance(messages, list):
-        return ", ".join(_flatten(m) for m in messages)
-    return str(messages)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -23,7 +24,7 @@ class ClientError(Exception):
 
     def __str__(self) -> str:
         head = f"{self.code} {self.status}: " if self.code is not None else ""
-        tail = f" ({_flatten(self.errors)})" if self.errors else ""
+        tail = f" ({flatten(self.errors)})" if self.errors else ""
         return f"{head}{self.message}{tail}"
 
 
@@ -44,9 +45,10 @@ def error_from_answer(code: int, reason: str, body: bytes) -> ClientError:
     return ClientError(str(answer.get("status") or status), code, str(message), errors)
 
 
-def _flatten(errors: Any) -> str:
-    if isinstance(errors, dict):
-        return "; ".join(f"{k}: {_flatten(v)}" for k, v in errors.items())
-    if isinstance(errors, list):
-        return ", ".join(_flatten(e) for e in errors)
-    return str(errors)
+def flatten(messages: Any, name: Callable[[str], str] = str) -> str:
+    """Return nested validation messages ({field: [message, …]}) on one line, fields through `name`."""
+    if isinstance(messages, dict):
+        return "; ".join(f"{name(str(k))}: {flatten(v, name)}" for k, v in messages.items())
+    if isinstance(messages, list):
+        return ", ".join(flatten(m, name) for m in messages)
+    return str(messages)
