@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import subprocess
 import threading
 import time
 import uuid
@@ -28,8 +27,10 @@ from hypothesis import strategies as st
 from shared import mlp, serialization
 from shared.keys import Keys
 from shared.registry import Registry
-from tests.live_fixtures import Server, StackEnv, free_port, start_server
+from tests.live_fixtures import Server, StackEnv, start_server
 from tests.redis_fixtures import delete_prefix
+from tests.reliability.stack import PrivateRedis
+from tests.reliability.stack import private_redis as run_private_redis
 
 #: Limits of the module's server, small so that refusals are cheap to provoke.
 MAX_BATCH = 64
@@ -470,47 +471,10 @@ def test_a_corrupt_version_is_refused_and_readiness_says_why(live: Live) -> None
 
 
 # --- Redis away -----------------------------------------------------------------------------------
-@dataclass
-class PrivateRedis:
-    """A redis-server of one test, on its own port, without persistence."""
-
-    port: int
-    workdir: Path
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir)]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(free_port(), tmp_path)
-    server.start()
-    yield server
-    server.kill()
+    with run_private_redis(tmp_path) as server:
+        yield server
 
 
 def test_predictions_survive_a_redis_outage_and_reload_after_it(

@@ -1,4 +1,5 @@
-"""Helpers of the reliability suite: private Redis servers, gunicorn processes, a load generator.
+"""Helpers of the reliability suite (PrivateRedis serves test_predict_v1.py's outage test too):
+private Redis servers, gunicorn processes, a load generator.
 
 Everything here drives real processes: a `redis-server` of the test's own (append-only file,
 password), the gunicorn that `tests.live_fixtures.start_server` starts, and `python -m worker`.
