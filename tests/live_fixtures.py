@@ -14,15 +14,40 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
 import requests
 
 from tests.redis_fixtures import delete_prefix
+
+T = TypeVar("T")
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    details: Callable[[], str] = str,
+) -> T:
+    """Call `check` until it returns something truthy and return that; fail after `timeout` s.
+
+    `details` adds to the failure what helps to read it (a worker's log, say).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{details()}")
+        time.sleep(interval)
+
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -14,7 +14,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis
@@ -27,12 +27,11 @@ from shared.jobs import Jobs, JobState
 from shared.keys import Keys
 from shared.pipeline import load_spec, prepare
 from shared.registry import Registry
-from tests.live_fixtures import Process, StackEnv, start_worker
+from tests.live_fixtures import Process, StackEnv, start_worker, wait_for
 from worker.tasks import CHECKPOINT_SHARE, JobReporter
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
 
 #: Trains for about 10 s on one idle core (two or three times longer on a loaded machine).
 LONG = {"dataset": "mnist-sample", "hidden": [64], "optimizer": "sgd", "batch_size": 64, "epochs": 500}
@@ -49,24 +48,6 @@ END_TIMEOUT = 120.0
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def wait_for(
-    check: Callable[[], T | None],
-    timeout: float,
-    what: str,
-    interval: float = 0.05,
-    details: Callable[[], str] = str,
-) -> T:
-    """Call `check` until it returns something truthy and return that; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{details()}")
-        time.sleep(interval)
-
-
 @dataclasses.dataclass
 class Stack:
     """What a test works with: its Redis, jobs, registry and a way to start workers."""

@@ -11,11 +11,11 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import redis
@@ -24,25 +24,11 @@ import requests
 from shared import mlp, serialization
 from shared.keys import Keys
 from shared.registry import Registry
-from tests.live_fixtures import Server, free_port
-
-T = TypeVar("T")
+from tests.live_fixtures import Server, free_port, wait_for
 
 RAW = "application/octet-stream"
 #: One digit-shaped image, the body of most load requests.
 IMAGE = np.random.default_rng(3).integers(0, 256, (1, mlp.INPUT_SIZE), dtype=np.uint8)
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Call `check` until it returns something truthy and return it; AssertionError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def label_blob(seed: int, label: int | None = None, hidden: int = 16) -> bytes:
