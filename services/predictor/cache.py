@@ -48,7 +48,7 @@ from shared.registry import Registry, check_name, check_version, parse_event
 log = logging.getLogger(__name__)
 
 #: Rows in each chunk of a batch whose forward pass is split across threads (at least).
-MIN_CHUNK_ROWS = 512
+MIN_CHUNK_ROWS = 256
 #: Cores this process may run on: the default number of forward-pass threads.
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 #: Images in the warm-up batch run on every version before it serves.
