@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -24,6 +25,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 REQUESTS = Counter(
@@ -51,6 +53,22 @@ RELOAD_SECONDS = Histogram(
     ["model"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+
+_children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+
+
+def child(metric: MetricWrapperBase, *labels: str) -> Any:
+    """Return `metric.labels(*labels)`, kept: labels() validates and locks on every call.
+
+    Label values are bounded (route templates, methods, statuses, the names of models that
+    answered), and so is this dict.
+    """
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
 
 
 class JobsCollector(Collector):
@@ -100,6 +118,7 @@ def install(app: Flask) -> None:
     def _record(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        LATENCY.labels(route, request.method).observe(elapsed)
+        method = request.method
+        child(REQUESTS, route, method, str(response.status_code)).inc()
+        child(LATENCY, route, method).observe(elapsed)
         return response

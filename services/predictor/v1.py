@@ -19,7 +19,7 @@ from marshmallow import Schema, fields, validate
 
 from services.api.auth import check_predict_token
 from services.api.context import services
-from services.api.metrics import IMAGES
+from services.api.metrics import IMAGES, child
 from services.predictor import decode
 from services.predictor.cache import LoadedModel
 from shared import mlp
@@ -185,7 +185,7 @@ def _predict(model: str, version: int | None = None, alias: str | None = None) -
     if npy_answer and top_k is not None:
         raise InvalidInput("top_k applies to JSON answers: an .npy answer holds every probability")
     probs = loaded.predict_proba(pixels, svc.settings.forward_threads)
-    IMAGES.labels(loaded.model).inc(len(probs))
+    child(IMAGES, loaded.model).inc(len(probs))
     if npy_answer:
         return render_npy(loaded, probs)
     return Response(render(loaded, probs, top_k), mimetype="application/json")
@@ -214,7 +214,7 @@ def read_body(max_batch: int) -> tuple[np.ndarray, int | None]:
     """Return the request's images as scaled rows, and top_k; 4xx errors for anything else."""
     body = request_body()
     # The raw header, not request.mimetype: only the media type matters, its options need no parse.
-    mimetype = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    mimetype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
     query = request.args if request.query_string else {}
     if not mimetype or mimetype == "application/json" or mimetype.endswith("+json"):
         fast = decode.fast_instances(body)

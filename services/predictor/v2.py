@@ -27,7 +27,7 @@ from marshmallow import Schema, fields
 from services.api.auth import check_predict_token
 from services.api.context import services
 from services.api.health import readiness
-from services.api.metrics import IMAGES
+from services.api.metrics import IMAGES, child
 from services.predictor import decode
 from services.predictor.cache import REDIS_ERRORS, LoadedModel
 from services.predictor.v1 import error_docs, request_body
@@ -293,7 +293,7 @@ def _infer(model: str, version: int | None) -> Response:
     outputs = _requested_outputs(body.get("outputs"), params)
     loaded = svc.cache.get(model, version=version)
     probs = loaded.predict_proba(pixels, svc.settings.forward_threads)
-    IMAGES.labels(loaded.model).inc(len(probs))
+    child(IMAGES, loaded.model).inc(len(probs))
     return _respond(loaded, request_id, probs, outputs)
 
 
