@@ -14,6 +14,8 @@ one model (784-512-10, He init: the figures do not depend on the weights), and m
   on fresh connections (so that every gunicorn worker is sampled).
 
 The client shares the machine's cores with the server: ratios are what one box measures.
+Rates are medians over the interleaved rounds; each ratio is the median over rounds of the
+ratio within a round, so that the machine's drift between rounds cancels out.
 Everything the run wrote in Redis is deleted afterwards.
 
 Usage: python bench/predict.py [--workers 2] [--threads 8] [--blas-threads 1] [--rounds 5] [--seconds 1.5]
@@ -129,8 +131,8 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def measure_batches(params, images: np.ndarray, url: str, rounds: int) -> dict[str, float]:
-    """Return images/s in-process, raw 10,000 and JSON 1,000 over HTTP, medians of interleaved rounds."""
+def measure_batches(params, images: np.ndarray, url: str, rounds: int) -> dict[str, list[float]]:
+    """Return images/s in-process, raw 10,000 and JSON 1,000 over HTTP, one value per interleaved round."""
     session = requests.Session()
     endpoint = f"{url}/v1/models/{MODEL}:predict"
     scaled = mlp.scale_pixels(images)
@@ -151,11 +153,13 @@ def measure_batches(params, images: np.ndarray, url: str, rounds: int) -> dict[s
             # OpenBLAS's threads spin for about 0.1 s after a call (THREAD_TIMEOUT): without a
             # pause, the in-process run's threads would take the server's cores in the next one.
             time.sleep(BLAS_SPIN_PAUSE)
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return rates
 
 
-def measure_concurrency(pool, images: np.ndarray, url: str, rounds: int, secs: float) -> dict[str, float]:
-    """Return requests/s at concurrency 8 of /v2/health/live and single-image predictions (JSON, raw)."""
+def measure_concurrency(
+    pool, images: np.ndarray, url: str, rounds: int, secs: float
+) -> dict[str, list[float]]:
+    """Return requests/s at concurrency 8 of /v2/health/live and single-image predictions (JSON, raw), per round."""
     path = f"/v1/models/{MODEL}:predict"
     single_json = orjson.dumps({"instances": images[:1]}, option=orjson.OPT_SERIALIZE_NUMPY)
     kinds = {
@@ -169,17 +173,30 @@ def measure_concurrency(pool, images: np.ndarray, url: str, rounds: int, secs: f
     for _ in range(rounds):
         for name, (method, route, body, ctype) in kinds.items():
             rates[name].append(concurrent_rate(pool, url, method, route, body, ctype, secs))
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return rates
 
 
-def report(args: argparse.Namespace, batches: dict, concurrent: dict, first: list, settled: list) -> None:
+def paired(values: list[float], references: list[float]) -> float:
+    """Return the median over rounds of value / reference, each pair measured side by side.
+
+    The machine's speed drifts between rounds (a neighbour's load): a ratio taken within one
+    round cancels it, where a ratio of two medians from different rounds would not.
+    """
+    return statistics.median(v / r for v, r in zip(values, references, strict=True))
+
+
+def report(
+    args: argparse.Namespace, batch_rounds: dict, concurrent_rounds: dict, first: list, settled: list
+) -> None:
     """Print the Markdown table and save the results."""
+    batches = {name: statistics.median(values) for name, values in batch_rounds.items()}
+    concurrent = {name: statistics.median(values) for name, values in concurrent_rounds.items()}
     inproc, live = batches["in_process"], concurrent["live"]
     ratios = {
-        "raw": batches["raw"] / inproc,
-        "json": batches["json"] / inproc,
-        "single": concurrent["single_json"] / live,
-        "single_raw": concurrent["single_raw"] / live,
+        "raw": paired(batch_rounds["raw"], batch_rounds["in_process"]),
+        "json": paired(batch_rounds["json"], batch_rounds["in_process"]),
+        "single": paired(concurrent_rounds["single_json"], concurrent_rounds["live"]),
+        "single_raw": paired(concurrent_rounds["single_raw"], concurrent_rounds["live"]),
     }
 
     def row(measure: str, rate: str, ratio: float | None = None, target: str = "") -> dict[str, str]:
@@ -220,6 +237,7 @@ def report(args: argparse.Namespace, batches: dict, concurrent: dict, first: lis
             "config": {**config, "model": list(SIZES), "cpus": os.cpu_count()},
             "images_per_s": batches,
             "requests_per_s": concurrent,
+            "rounds": {**batch_rounds, **concurrent_rounds},
             "ratios": ratios,
             "targets": TARGETS,
             "met": {name: ratios[name] >= target for name, target in TARGETS.items()},
@@ -261,7 +279,7 @@ def main() -> None:
     )  # fmt: skip
     try:
         batches = measure_batches(params, images, url, args.rounds)
-        concurrent = measure_concurrency(pool, images, url, max(args.rounds // 2, 1), args.seconds)
+        concurrent = measure_concurrency(pool, images, url, args.rounds, args.seconds)
         first, settled = hot_reload(registry, url, blobs, images[:1].tobytes())
     finally:
         pool.terminate()
