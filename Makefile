@@ -73,6 +73,7 @@ bench: install  ## every benchmark, side by side ratios (installs the optional P
 	-$(PIP) $(EDITABLE) '.[dev,bench]'
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/worker.py
+	$(BIN)/python bench/small_batches.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/client.py
 
