@@ -152,10 +152,10 @@ def loss_and_gradients(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[fl
 
 
 #: Batch sizes [low, high) whose layers run as W·Aᵀ (the tutorial's column layout) instead of A·Wᵀ.
-#: OpenBLAS multiplies a few rows by a large transposed weight matrix up to ten times slower
-#: than the same product by columns: 3 images by 784×512 took 318 µs as A·Wᵀ and 190 µs as
-#: W·Aᵀ, 16 images 333 against 177 µs, 128 images 1.26 against 0.91 ms; from 256 rows on, and
-#: for 1 or 2 rows, both take the same time (bench/small_batches.py).
+#: OpenBLAS multiplies a few rows by a large transposed weight matrix up to twice as slowly as
+#: the same product by columns: through 784-512-10, 3 images took 365 µs by rows and 221 µs by
+#: columns, 16 images 408 against 220 µs, 128 images 1.08 against 0.91 ms; for 1 or 2 rows, and
+#: from 256 rows on, both take the same time (bench/small_batches.py).
 COLUMN_BATCHES = (3, 256)
 
 
