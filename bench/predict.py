@@ -165,7 +165,7 @@ def measure_batches(params, images: np.ndarray, url: str, rounds: int) -> dict[s
 def measure_concurrency(
     pool, images: np.ndarray, url: str, rounds: int, secs: float
 ) -> dict[str, list[float]]:
-    """Return requests/s at concurrency 8 of /v2/health/live and single-image predictions (JSON, raw), per round."""
+    """Return requests/s at concurrency 8 of /v2/health/live and of one-image predictions, per round."""
     path = f"/v1/models/{MODEL}:predict"
     single_json = orjson.dumps({"instances": images[:1]}, option=orjson.OPT_SERIALIZE_NUMPY)
     kinds = {

@@ -6,7 +6,7 @@ for each batch size, microseconds per call of both ways on the same 784-512-10 m
 round by round with one BLAS thread (as in a gunicorn worker), and the ratio row/column: above 1
 means the column layout is faster. The choice of `COLUMN_BATCHES` is read off this table.
 
-Usage: OPENBLAS_NUM_THREADS=1 python bench/small_batches.py [--rounds 5]
+Usage: python bench/small_batches.py [--rounds 3]  (sets OPENBLAS_NUM_THREADS=1 unless set)
 """
 
 from __future__ import annotations
@@ -32,21 +32,6 @@ SIZES = (784, 512, 10)
 BATCHES = (1, 2, 3, 4, 8, 16, 32, 64, 128, 255, 256, 512, 1024)
 
 
-def by_rows(params: mlp.Params, x: np.ndarray) -> np.ndarray:
-    """Return mlp.predict_proba's probabilities computed with the row layout at every size."""
-    a = x
-    for i in range(0, len(params) - 2, 2):
-        a = a @ params[i].T
-        a += params[i + 1]
-        np.maximum(a, 0, out=a)
-    z = a @ params[-2].T
-    z += params[-1]
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
 def micros(fn, calls: int) -> float:
     """Return the best microseconds per call of `fn` over 3 repeats of `calls` calls."""
     return min(timeit.repeat(fn, number=calls, repeat=3)) / calls * 1e6
@@ -62,12 +47,13 @@ def main() -> None:
     rows, results = [], {}
     for m in BATCHES:
         x = mlp.scale_pixels(rng.integers(0, 256, (m, mlp.INPUT_SIZE), dtype=np.uint8))
-        np.testing.assert_allclose(mlp.predict_proba(params, x), by_rows(params, x), rtol=1e-4, atol=1e-6)
+        by_rows = mlp.predict_proba(params, x, columns=False)
+        np.testing.assert_allclose(mlp.predict_proba(params, x), by_rows, rtol=1e-4, atol=1e-6)
         calls = max(10, 4000 // m)
         served, row = [], []
         for _ in range(args.rounds):
             served.append(micros(lambda x=x: mlp.predict_proba(params, x), calls))
-            row.append(micros(lambda x=x: by_rows(params, x), calls))
+            row.append(micros(lambda x=x: mlp.predict_proba(params, x, columns=False), calls))
         s, r = statistics.median(served), statistics.median(row)
         columns = mlp.COLUMN_BATCHES[0] <= m < mlp.COLUMN_BATCHES[1]
         results[m] = {"predict_proba_us": s, "rows_us": r, "columns": columns}

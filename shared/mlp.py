@@ -159,14 +159,16 @@ def loss_and_gradients(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[fl
 COLUMN_BATCHES = (3, 256)
 
 
-def predict_proba(params: Params, x: np.ndarray) -> np.ndarray:
+def predict_proba(params: Params, x: np.ndarray, columns: bool | None = None) -> np.ndarray:
     """Return class probabilities (m, 10) for scaled inputs x (m, 784).
 
     The same operations as `forward`, without what only training needs (the activations kept
     for backward, the log-normaliser of the loss): a one-image request pays per NumPy call.
-    Batches in COLUMN_BATCHES multiply by columns, which rounds differently in the last bits.
+    Batches in COLUMN_BATCHES multiply by columns, which rounds differently in the last bits;
+    `columns` forces one layout or the other (the benchmark compares them).
     """
-    columns = COLUMN_BATCHES[0] <= len(x) < COLUMN_BATCHES[1]
+    if columns is None:
+        columns = COLUMN_BATCHES[0] <= len(x) < COLUMN_BATCHES[1]
     a = x
     for i in range(0, len(params) - 2, 2):
         a = (params[i] @ a.T).T if columns else a @ params[i].T

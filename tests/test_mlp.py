@@ -134,6 +134,7 @@ def test_predict_proba_equals_forward_in_either_layout(rows: int) -> None:
         assert (proba.argmax(axis=1) == expected.argmax(axis=1)).all()
     else:  # A·Wᵀ, as forward(): the same bits
         np.testing.assert_array_equal(proba, expected)
+    np.testing.assert_array_equal(mlp.predict_proba(params, x, columns=False), expected)
 
 
 @pytest.mark.parametrize("sizes", [(784, 10, 10), (784, 32, 16, 10)])
