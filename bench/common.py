@@ -7,9 +7,11 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,26 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+#: Calls of one measure per round; the fastest counts (see fastest_rate).
+CALLS_PER_ROUND = 3
+
+
+def fastest_rate(measure: Callable[[], float]) -> float:
+    """Return the highest of CALLS_PER_ROUND rates that `measure()` returns.
+
+    A neighbour's burst on this shared machine slows a 0.05–0.3 s call by up to half, and never
+    speeds one up: the fastest of a few calls is the steadiest estimate of either side.
+    """
+    return max(measure() for _ in range(CALLS_PER_ROUND))
+
+
+def paired(values: list[float], references: list[float]) -> float:
+    """Return the median over rounds of value / reference, each pair measured side by side.
+
+    The machine's speed drifts between rounds (a neighbour's load): a ratio taken within one
+    round cancels it, where a ratio of two medians from different rounds would not.
+    """
+    return statistics.median(v / r for v, r in zip(values, references, strict=True))
 
 
 def free_port() -> int:

@@ -43,7 +43,14 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import print_table, save_results, start_gunicorn, stop_gunicorn  # noqa: E402
+from bench.common import (  # noqa: E402
+    fastest_rate,
+    paired,
+    print_table,
+    save_results,
+    start_gunicorn,
+    stop_gunicorn,
+)
 from shared import mlp, serialization  # noqa: E402
 from shared.keys import Keys  # noqa: E402
 from shared.registry import Registry  # noqa: E402
@@ -57,8 +64,6 @@ PUBLISHES = 20
 TARGETS = {"raw": 0.5, "json": 0.1, "single": 0.6}
 #: Seconds between two measures, so that one's BLAS threads have stopped spinning.
 BLAS_SPIN_PAUSE = 0.3
-#: Calls per side and round of the batch measures; the fastest counts (see measure_batches).
-CALLS_PER_ROUND = 3
 
 
 def seconds(fn) -> float:
@@ -136,8 +141,7 @@ def percentile(values: list[float], q: float) -> float:
 def measure_batches(params, images: np.ndarray, url: str, rounds: int) -> dict[str, list[float]]:
     """Return images/s in-process, raw 10,000 and JSON 1,000 over HTTP, one value per interleaved round.
 
-    A side's value in a round is the fastest of CALLS_PER_ROUND calls: a neighbour's burst on
-    this shared machine slows a 0.05–0.2 s call by up to half, and never speeds one up.
+    A side's value in a round is the fastest of a few calls (`fastest_rate`).
     """
     session = requests.Session()
     endpoint = f"{url}/v1/models/{MODEL}:predict"
@@ -155,7 +159,7 @@ def measure_batches(params, images: np.ndarray, url: str, rounds: int) -> dict[s
     # Interleaved, so that a neighbour's load on this shared machine hits every measure alike.
     for _ in range(rounds):
         for name, (fn, items) in runs.items():
-            rates[name].append(items / min(seconds(fn) for _ in range(CALLS_PER_ROUND)))
+            rates[name].append(fastest_rate(lambda fn=fn, items=items: items / seconds(fn)))
             # OpenBLAS's threads spin for about 0.1 s after a call (THREAD_TIMEOUT): without a
             # pause, the in-process run's threads would take the server's cores in the next one.
             time.sleep(BLAS_SPIN_PAUSE)
@@ -180,15 +184,6 @@ def measure_concurrency(
         for name, (method, route, body, ctype) in kinds.items():
             rates[name].append(concurrent_rate(pool, url, method, route, body, ctype, secs))
     return rates
-
-
-def paired(values: list[float], references: list[float]) -> float:
-    """Return the median over rounds of value / reference, each pair measured side by side.
-
-    The machine's speed drifts between rounds (a neighbour's load): a ratio taken within one
-    round cancels it, where a ratio of two medians from different rounds would not.
-    """
-    return statistics.median(v / r for v, r in zip(values, references, strict=True))
 
 
 def report(
