@@ -17,6 +17,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from services.api.auth import write_token_required
+from services.api.bodies import request_body
 from shared.datasets import UPLOAD_KINDS
 from shared.errors import InvalidInput, UnsupportedMediaType
 from shared.jobs import JobState
@@ -45,13 +46,13 @@ def write_access(blp: Blueprint) -> Callable[[F], F]:
 
 
 def json_body(view: F) -> F:
-    """Refuse a body that is not declared as JSON (415), is empty or is not valid JSON (400)."""
+    """Refuse a body that is not declared as JSON (415), too large (413), empty or not valid JSON (400)."""
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not request.is_json:
             raise UnsupportedMediaType("send the body as JSON with 'Content-Type: application/json'")
-        body = request.get_data(cache=True)
+        body = request_body(cache=True)  # kept for webargs
         if not body.strip():
             raise InvalidInput("the body is empty: send a JSON object")
         # webargs parses with the standard library, which recurses: 100,000 nested lists raise

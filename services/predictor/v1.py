@@ -18,12 +18,13 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from services.api.auth import check_predict_token
+from services.api.bodies import request_body
 from services.api.context import services
 from services.api.metrics import IMAGES, child
 from services.predictor import decode
 from services.predictor.cache import LoadedModel
 from shared import mlp
-from shared.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from shared.errors import InvalidInput, UnsupportedMediaType
 
 blp = Blueprint(
     "predict_v1", __name__, description="Predictions: JSON, raw uint8 or .npy batches of 28×28 digits"
@@ -196,18 +197,6 @@ def wants_npy() -> bool:
     accept = request.headers.get("Accept", "")
     # Most clients send no Accept or */*: the header is parsed only when it names npy.
     return "npy" in accept and request.accept_mimetypes.best_match(ANSWER_TYPES) in NPY_TYPES
-
-
-def request_body() -> bytes:
-    """Return the whole request body; PayloadTooLarge above MNIST_MAX_BODY_BYTES, even sent chunked."""
-    limit = services().settings.max_body_bytes
-    # A Content-Length over the limit is refused before anything is read, but werkzeug ends a
-    # chunked body silently *at* max_content_length: one byte more shows that it was larger.
-    request.max_content_length = limit + 1
-    body = request.get_data(cache=False)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit:,} bytes (MNIST_MAX_BODY_BYTES)")
-    return body
 
 
 def read_body(max_batch: int) -> tuple[np.ndarray, int | None]:

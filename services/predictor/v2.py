@@ -25,12 +25,13 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from services.api.auth import check_predict_token
+from services.api.bodies import request_body
 from services.api.context import services
 from services.api.health import readiness
 from services.api.metrics import IMAGES, child
 from services.predictor import decode
 from services.predictor.cache import REDIS_ERRORS, LoadedModel
-from services.predictor.v1 import error_docs, request_body
+from services.predictor.v1 import error_docs
 from shared import __version__ as VERSION
 from shared import mlp
 from shared.errors import InvalidInput, ServiceUnavailable

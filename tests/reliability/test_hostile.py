@@ -249,20 +249,27 @@ def test_oversized_bodies_get_a_413(
 
 
 @pytest.mark.parametrize(
-    ("path", "content_type", "limit"),
+    ("method", "path", "content_type", "limit"),
     [
-        ("/v1/models/mnist:predict", "application/octet-stream", MAX_BODY),
-        ("/v1/datasets/chunked", "text/csv", MAX_DATASET),
+        ("POST", "/v1/models/mnist:predict", "application/octet-stream", MAX_BODY),
+        ("POST", "/v1/models/mnist:predict", "application/json", MAX_BODY),
+        ("POST", "/v2/models/mnist/infer", "application/json", MAX_BODY),
+        ("POST", "/v1/jobs", "application/json", MAX_BODY),
+        ("PUT", "/v1/models/mnist/aliases/big", "application/json", MAX_BODY),
+        ("POST", "/v1/models/mnist/versions/1:evaluate", "application/json", MAX_BODY),
+        ("POST", "/v1/datasets/chunked", "text/csv", MAX_DATASET),
     ],
-    ids=["predict", "dataset"],
+    ids=["predict", "predict-json", "v2", "jobs", "alias", "evaluate", "dataset"],
 )
-def test_oversized_chunked_bodies_get_a_413(live: Live, path: str, content_type: str, limit: int) -> None:
+def test_oversized_chunked_bodies_get_a_413(
+    live: Live, method: str, path: str, content_type: str, limit: int
+) -> None:
     def chunks() -> Iterator[bytes]:
         for _ in range(limit // 65536 + 2):
             yield bytes(65536)
 
     headers = {**live.auth, "Content-Type": content_type, "Connection": "close"}
-    r = requests.post(live.url + path, data=chunks(), headers=headers, timeout=60)
+    r = requests.request(method, live.url + path, data=chunks(), headers=headers, timeout=60)
     assert r.status_code == 413, r.text
     assert r.json()["code"] == 413
 
