@@ -14,8 +14,9 @@ one model (784-512-10, He init: the figures do not depend on the weights), and m
   on fresh connections (so that every gunicorn worker is sampled).
 
 The client shares the machine's cores with the server: ratios are what one box measures.
-Rates are medians over the interleaved rounds; each ratio is the median over rounds of the
-ratio within a round, so that the machine's drift between rounds cancels out.
+Each batch measure in a round is the fastest of 3 calls (bench/common.py). Rates are medians
+over the interleaved rounds; each ratio is the median over rounds of the ratio within a round,
+so that the machine's drift between rounds cancels out.
 Everything the run wrote in Redis is deleted afterwards.
 
 Usage: python bench/predict.py [--workers 2] [--threads 8] [--blas-threads 1] [--rounds 5] [--seconds 1.5]
