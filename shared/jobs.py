@@ -12,7 +12,7 @@ import enum
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 from rq import Queue, Retry
@@ -200,15 +200,36 @@ class Jobs:
         return found
 
     def counts(self) -> dict[str, int]:
-        """Return how many jobs RQ holds in each state for this queue."""
+        """Return how many jobs RQ holds in each state for this queue.
+
+        A job stopped on request while running is in RQ's finished registry (its function
+        returned); it counts as canceled, as `state()` reports it.
+        """
         q = self.queue
+        stopped = self._stopped_among(q.finished_job_registry.key)
         return {
             JobState.QUEUED.value: q.count + q.scheduled_job_registry.count + q.deferred_job_registry.count,
             JobState.STARTED.value: q.started_job_registry.count,
-            JobState.FINISHED.value: q.finished_job_registry.count,
+            JobState.FINISHED.value: q.finished_job_registry.count - stopped,
             JobState.FAILED.value: q.failed_job_registry.count,
-            JobState.CANCELED.value: q.canceled_job_registry.count,
+            JobState.CANCELED.value: q.canceled_job_registry.count + stopped,
         }
+
+    def record_stopped(self, job_id: str) -> None:
+        """Note that the running job `job_id` stopped on request (see `counts`)."""
+        self.conn.zadd(self.keys.stopped_jobs(), {job_id: time.time() + self.settings.result_ttl})
+
+    def _stopped_among(self, finished_key: str) -> int:
+        """Return how many jobs stopped on request are in RQ's finished registry `finished_key`."""
+        key = self.keys.stopped_jobs()
+        self.conn.zremrangebyscore(key, "-inf", time.time())  # records RQ has forgotten too
+        ids = cast(list[bytes], self.conn.zrange(key, 0, -1))
+        if not ids:
+            return 0
+        pipe = self.conn.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.zscore(finished_key, job_id)
+        return sum(score is not None for score in pipe.execute())
 
     def cancel(self, job_id: str, wait: float = CANCEL_WAIT) -> Job:
         """Cancel a queued job at once, or ask a running one to stop and wait up to `wait` s for it."""

@@ -65,6 +65,14 @@ class Keys:
         """Sorted set of job ids scored by submission time (for listing)."""
         return f"{self.prefix}jobs"
 
+    def stopped_jobs(self) -> str:
+        """Sorted set of jobs stopped on request while running, scored by when their record expires.
+
+        RQ files such a job as finished (its function returned): `Jobs.counts()` counts it as
+        canceled instead.
+        """
+        return f"{self.prefix}jobs:stopped"
+
     # --- datasets -----------------------------------------------------------------------------
     def datasets(self) -> str:
         """Hash name -> JSON info of uploaded datasets."""

@@ -239,6 +239,21 @@ def test_counts_of_an_empty_and_a_busy_queue(jobs: Jobs) -> None:
     assert jobs.counts()["queued"] == 2
 
 
+def test_counts_a_job_stopped_while_running_as_canceled(jobs: Jobs, redis_client: redis.Redis) -> None:
+    stopped, done = jobs.submit(spec()), jobs.submit(spec(seed=1))
+    finished = jobs.queue.finished_job_registry
+    for job in (stopped, done):  # what RQ does when the function returns, stopped or not
+        jobs.queue.remove(job.id)
+        finished.add(job, ttl=60)
+    jobs.record_stopped(stopped.id)
+    assert jobs.counts() == {"queued": 0, "started": 0, "finished": 1, "failed": 0, "canceled": 1}
+    # Once RQ forgets the job, so does the record (scored by its expiry).
+    finished.remove(stopped)
+    redis_client.zadd(jobs.keys.stopped_jobs(), {stopped.id: 1})
+    assert jobs.counts() == {"queued": 0, "started": 0, "finished": 1, "failed": 0, "canceled": 0}
+    assert redis_client.zcard(jobs.keys.stopped_jobs()) == 0
+
+
 # --- cancel -------------------------------------------------------------------------------------
 def test_cancel_a_queued_job_at_once(jobs: Jobs, redis_client: redis.Redis) -> None:
     job = jobs.submit(spec())

@@ -241,6 +241,9 @@ def test_cancel_a_running_job_stops_it_without_publishing(stack: Stack) -> None:
     assert stack.versions() == [] and stack.registry.published_by(job_id) is None
     assert not stack.conn.exists(stack.keys.checkpoint(job_id))
     assert not stack.conn.exists(stack.keys.stop(job_id))
+    # RQ files it as finished (the function returned); the counts behind /metrics say canceled.
+    counts = stack.jobs.counts()
+    assert counts["canceled"] == 1 and counts["finished"] == 0, counts
 
 
 # --- jobs that cannot succeed -------------------------------------------------------------------

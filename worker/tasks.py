@@ -22,6 +22,7 @@ from shared import pipeline, serialization
 from shared.config import Settings
 from shared.dataset_store import DatasetStore
 from shared.errors import MnistError
+from shared.jobs import Jobs
 from shared.keys import Keys
 from shared.registry import Registry
 from shared.training import Checkpoint, Progress, Trainer
@@ -195,6 +196,7 @@ def _train(
         conn.delete(keys.checkpoint(job.id), keys.stop(job.id))
         job.meta["canceled"] = True
         job.save_meta()
+        Jobs(conn, settings).record_stopped(job.id)
         log.info("job %s: stopped on request at iteration %d", job.id, result.iterations)
         return {"canceled": True, "model": spec["model"], "version": None, "metrics": result.metrics()}
     metrics = pipeline.evaluate(run, result)
