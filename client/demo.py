@@ -23,6 +23,8 @@ import numpy as np
 import requests
 
 from client.api import Client
+from client.local import confusion_matrix
+from client.outputs import format_confusion
 from client.remote import _follow
 from client.up import free_port
 from shared import datasets
@@ -68,8 +70,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def demo(args: argparse.Namespace) -> int:
     """Run the demo; return 0 when the trained model answered the held-out digits."""
-    from client.local import format_confusion
-
     port = _port(args.port)
     url = f"http://127.0.0.1:{port}"
     token = os.environ.get("MNIST_API_TOKEN") or secrets.token_hex(16)
@@ -114,7 +114,7 @@ def demo(args: argparse.Namespace) -> int:
             seconds = time.perf_counter() - started
         truth = sample.y_test.astype(np.intp)
         accuracy = float((prediction.labels == truth).mean())
-        cm = np.bincount(truth * 10 + prediction.labels, minlength=100).reshape(10, 10)
+        cm = confusion_matrix(truth, prediction.labels)
         print(f"     accuracy {100 * accuracy:.2f} % on digits it never saw ({seconds * 1000:.0f} ms)")
         print(format_confusion(cm))
         print(
