@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from client.up import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -39,13 +40,6 @@ def paired(values: list[float], references: list[float]) -> float:
     round cancels it, where a ratio of two medians from different rounds would not.
     """
     return statistics.median(v / r for v, r in zip(values, references, strict=True))
-
-
-def free_port() -> int:
-    """Return a free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_gunicorn(
