@@ -81,6 +81,20 @@ def raw_request(live: Live, method: str, path: str, body: bytes | None = None, h
         conn.close()
 
 
+Route = tuple[str, str, bytes | None, str | None]  # method, path, body, content type
+
+
+def each_refused(
+    live: Live, routes: list[Route]
+) -> Iterator[tuple[str, str, http.client.HTTPResponse, bytes]]:
+    """Send each route byte for byte with the token; assert a 4xx; yield (method, path, response, body)."""
+    for method, path, body, content_type in routes:
+        headers = {**live.auth, **({"Content-Type": content_type} if content_type else {})}
+        response, raw = raw_request(live, method, path, body, headers)
+        assert 400 <= response.status < 500, (method, path, response.status, raw[:200])
+        yield method, path, response, raw
+
+
 def assert_json_4xx(status: int, headers: Any, body: bytes, expected: int | None = None) -> dict:
     assert 400 <= status < 500, (status, body[:300])
     if expected is not None:
@@ -487,7 +501,7 @@ TRAVERSALS = [
 @pytest.mark.parametrize("name", TRAVERSALS)
 def test_traversal_and_null_bytes_in_names_are_refused(live: Live, name: str) -> None:
     planted = f"/tmp/planted-{uuid.uuid4().hex[:6]}"
-    routes = [
+    routes: list[Route] = [
         ("GET", f"/v1/datasets/{name}", None, None),
         ("POST", f"/v1/datasets/{name}", b"label,pixel0\n", "text/csv"),
         ("DELETE", f"/v1/datasets/{name}", None, None),
@@ -500,10 +514,7 @@ def test_traversal_and_null_bytes_in_names_are_refused(live: Live, name: str) ->
         ("GET", f"/v2/models/{name}", None, None),
         ("GET", f"/v1/jobs/{name}", None, None),
     ]
-    for method, path, body, content_type in routes:
-        headers = {**live.auth, **({"Content-Type": content_type} if content_type else {})}
-        response, raw = raw_request(live, method, path, body, headers)
-        assert 400 <= response.status < 500, (method, path, response.status, raw[:200])
+    for method, path, _, raw in each_refused(live, routes):
         assert b"root:" not in raw and b"PK\x03\x04" not in raw, (method, path)
     # A dataset named by a path in a job spec or an evaluation is refused too, before anything runs.
     for spec in ({"dataset": "../../etc/passwd"}, {"dataset": "/etc/passwd"}, {"dataset": planted}):
@@ -525,7 +536,7 @@ CRLF = [
 
 @pytest.mark.parametrize("name", CRLF)
 def test_crlf_in_a_model_alias_or_dataset_name_injects_no_header(live: Live, name: str) -> None:
-    routes = [
+    routes: list[Route] = [
         ("PUT", f"/v1/models/{name}/aliases/production", b'{"version": 1}', "application/json"),
         ("PUT", f"/v1/models/mnist/aliases/{name}", b'{"version": 1}', "application/json"),
         ("GET", f"/v1/models/mnist/aliases/{name}", None, None),
@@ -537,10 +548,7 @@ def test_crlf_in_a_model_alias_or_dataset_name_injects_no_header(live: Live, nam
         ("GET", f"/v1/jobs/{name}/events", None, None),
         ("GET", f"/v2/models/{name}/versions/1", None, None),
     ]
-    for method, path, body, content_type in routes:
-        headers = {**live.auth, **({"Content-Type": content_type} if content_type else {})}
-        response, raw = raw_request(live, method, path, body, headers)
-        assert 400 <= response.status < 500, (method, path, response.status, raw[:200])
+    for method, path, response, _ in each_refused(live, routes):
         names = {k.lower() for k, _ in response.getheaders()}
         assert "x-injected" not in names and "set-cookie" not in names, (method, path, response.getheaders())
         for key, value in response.getheaders():
