@@ -206,11 +206,12 @@ class Jobs:
         returned); it counts as canceled, as `state()` reports it.
         """
         q = self.queue
-        stopped = self._stopped_among(q.finished_job_registry.key)
+        finished = q.finished_job_registry
+        stopped = self._stopped_among(finished.key)
         return {
             JobState.QUEUED.value: q.count + q.scheduled_job_registry.count + q.deferred_job_registry.count,
             JobState.STARTED.value: q.started_job_registry.count,
-            JobState.FINISHED.value: q.finished_job_registry.count - stopped,
+            JobState.FINISHED.value: finished.count - stopped,
             JobState.FAILED.value: q.failed_job_registry.count,
             JobState.CANCELED.value: q.canceled_job_registry.count + stopped,
         }
