@@ -8,7 +8,6 @@ files, its CSV and JSON Lines outputs and its handling of bad files; `mnist trai
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import os
@@ -30,8 +29,10 @@ from client import answers, cli, inputs, npy, predict
 from client.answers import MODEL_HEADER, VERSION_HEADER
 from client.errors import ClientError
 from client.inputs import Batch, InputError
-from client.local import confusion_matrix, format_confusion
+from client.local import confusion_matrix
+from client.outputs import format_confusion
 from tests.client_fixtures import Stack, client_stack, dark_on_light, predict_locally, sample_digits
+from tests.datasets_fixtures import IMAGES_MAGIC, gz, idx_images, idx_labels
 from tests.live_fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,9 +79,8 @@ def run(stack: Stack) -> Iterator:
 
 def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
     """Write an IDX file (gzipped when the name ends with .gz)."""
-    dims = (len(array), 28, 28) if magic == 0x803 else (len(array),)
-    data = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims) + array.tobytes()
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    data = idx_images(array) if magic == IMAGES_MAGIC else idx_labels(array, magic=magic)
+    path.write_bytes(gz(data) if path.suffix == ".gz" else data)
 
 
 def write_csv(path: Path, x: np.ndarray, y: np.ndarray | None) -> None:
