@@ -11,6 +11,7 @@ connection fails, when the answer breaks off or times out, and on a 500/502/503/
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import threading
@@ -69,8 +70,7 @@ class Transport:
                 )
                 continue
             try:
-                conn.request("POST", self._prefix + path, body=body, headers=headers)
-                response = conn.getresponse()
+                response = exchange(conn, "POST", self._prefix + path, body, headers)
                 data = response.read()
             except TimeoutError:
                 conn.close()
@@ -120,6 +120,21 @@ class Transport:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def exchange(
+    conn: http.client.HTTPConnection, method: str, url: str, body: bytes | None, headers: dict[str, str]
+) -> http.client.HTTPResponse:
+    """Send a request on `conn` and return its response, also when the server answered early.
+
+    A server may refuse a body from its Content-Length alone (a 413) and close the connection
+    without reading it. Sending the rest of a large body then fails with EPIPE or ECONNRESET, while
+    the answer already waits in the socket's receive buffer. As urllib3 does, ignore that failure
+    and read the answer; when there is none, `getresponse` raises as for any dropped connection.
+    """
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        conn.request(method, url, body=body, headers=headers)
+    return conn.getresponse()
 
 
 def _retry_after(response: http.client.HTTPResponse) -> float:

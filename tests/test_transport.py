@@ -22,7 +22,8 @@ class Scripted:
     """A keep-alive HTTP server that answers each POST with the next step of `steps`, then 200s.
 
     A step is a status (the service's JSON error body), ("drop",) to close the connection without
-    an answer, ("sleep", seconds) to answer late, or (status, headers, body) for a raw answer.
+    an answer, ("sleep", seconds) to answer late, ("early", status) to answer with the error body
+    before reading the request's body and close, or (status, headers, body) for a raw answer.
     A 200 echoes the request body, its path and its headers.
     """
 
@@ -43,9 +44,14 @@ class Scripted:
                 scripted.connections += 1
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 scripted.requests += 1
                 step = scripted.steps.pop(0) if scripted.steps else 200
+                if isinstance(step, tuple) and step[0] == "early":  # as gunicorn refuses a Content-Length
+                    self.close_connection = True
+                    error = {"code": step[1], "status": "Payload Too Large", "message": "too big"}
+                    self._send(step[1], {"Connection": "close"}, json.dumps(error).encode())
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if step == ("drop",):
                     self.close_connection = True
                     return
@@ -159,6 +165,15 @@ def test_a_dropped_connection_is_retried_on_a_new_one(scripted: Scripted) -> Non
         body, _ = t.post("/v1/models/m:predict", b"x", RAW)
     assert json.loads(body)["body"] == "x"
     assert scripted.requests == 2 and scripted.connections == 2
+
+
+@pytest.mark.parametrize("scripted", [[("early", 413)]], indirect=True)
+def test_an_answer_sent_before_the_body_was_read_is_read(scripted: Scripted) -> None:
+    """A body larger than the socket buffers: sending it breaks off, and the 413 is still read."""
+    with Transport(scripted.url, retries=2, backoff=0) as t, pytest.raises(ClientError) as err:
+        t.post("/v1/models/m:predict", bytes(32 << 20), RAW)
+    assert str(err.value) == "413 Payload Too Large: too big"
+    assert scripted.requests == 1  # not retried as a dropped connection
 
 
 @pytest.mark.parametrize("scripted", [[("sleep", 1.0)]], indirect=True)

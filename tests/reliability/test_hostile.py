@@ -39,6 +39,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from client.transport import exchange
 from shared import datasets
 from tests.api_helpers import Live, live_stack
 from tests.reliability.conftest import Figures
@@ -71,11 +72,14 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 
 
 def raw_request(live: Live, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    """Send `path` byte for byte (no client normalisation) on a new connection; return (response, body)."""
+    """Send `path` byte for byte (no client normalisation) on a new connection; return (response, body).
+
+    A body refused from its Content-Length alone is answered before it is read: the answer is read
+    all the same, as `mnist predict` and urllib3 read it.
+    """
     conn = http.client.HTTPConnection(urlsplit(live.url).netloc, timeout=60)
     try:
-        conn.request(method, path, body=body, headers={"Connection": "close", **(headers or {})})
-        response = conn.getresponse()
+        response = exchange(conn, method, path, body, {"Connection": "close", **(headers or {})})
         return response, response.read()
     finally:
         conn.close()
