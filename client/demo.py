@@ -23,11 +23,10 @@ import numpy as np
 import requests
 
 from client.api import Client
-from client.local import confusion_matrix
 from client.outputs import format_confusion
 from client.remote import _follow
 from client.up import free_port
-from shared import datasets
+from shared import datasets, mlp
 
 #: Seconds the stack may take to answer /readyz.
 START_TIMEOUT = 90.0
@@ -114,7 +113,7 @@ def demo(args: argparse.Namespace) -> int:
             seconds = time.perf_counter() - started
         truth = sample.y_test.astype(np.intp)
         accuracy = float((prediction.labels == truth).mean())
-        cm = confusion_matrix(truth, prediction.labels)
+        cm = mlp.confusion_matrix(truth, prediction.labels)
         print(f"     accuracy {100 * accuracy:.2f} % on digits it never saw ({seconds * 1000:.0f} ms)")
         print(format_confusion(cm))
         print(

@@ -88,11 +88,6 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"  {s['seconds']:.1f} s, {s['samples_per_second']:,.0f} samples/s, {s['iterations']} steps")
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: int = mlp.CLASSES) -> np.ndarray:
-    """Return counts (classes, classes): row = true label, column = predicted label."""
-    return np.bincount(y_true * classes + y_pred, minlength=classes * classes).reshape(classes, classes)
-
-
 def evaluate(args: argparse.Namespace) -> int:
     """Evaluate a model file on a dataset split; print accuracy and the confusion matrix."""
     params, meta = serialization.load_model(args.model)
@@ -112,7 +107,7 @@ def evaluate(args: argparse.Namespace) -> int:
     pred = np.concatenate(
         [mlp.predict(params, mlp.scale_pixels(x[i : i + 8192], dtype)) for i in range(0, len(y), 8192)]
     )
-    cm = confusion_matrix(y, pred)
+    cm = mlp.confusion_matrix(y, pred)
     report = {
         "model": args.model,
         "dataset": data.name,

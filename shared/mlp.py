@@ -187,6 +187,12 @@ def predict(params: Params, x: np.ndarray) -> np.ndarray:
     return predict_proba(params, x).argmax(axis=1)
 
 
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: int = CLASSES) -> np.ndarray:
+    """Return counts (classes, classes) of integer labels: row = true label, column = predicted."""
+    cells = y_true.astype(np.intp) * classes + y_pred.astype(np.intp)
+    return np.bincount(cells, minlength=classes * classes).reshape(classes, classes)
+
+
 def accuracy(params: Params, x: np.ndarray, y: np.ndarray, batch: int = 8192) -> float:
     """Return the fraction of x (m, 784), scaled, classified as y, in batches of `batch` rows."""
     if len(y) == 0:

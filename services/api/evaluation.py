@@ -170,8 +170,7 @@ def evaluate(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, max_wrong: 
         ]
     )
     predicted = probs.argmax(axis=1)
-    confusion = np.zeros((mlp.CLASSES, mlp.CLASSES), dtype=np.int64)
-    np.add.at(confusion, (y.astype(np.intp), predicted), 1)
+    confusion = mlp.confusion_matrix(y, predicted)
     totals = confusion.sum(axis=1)
     wrong = np.flatnonzero(predicted != y)
     return {
