@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from client import npy
+from shared import idx
 
 #: Pixels per image.
 PIXELS = 784
@@ -30,8 +31,6 @@ PIXELS = 784
 UNLABELLED = -1
 #: File endings read as images.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-IDX_IMAGES_MAGIC = 0x00000803
-IDX_LABELS_MAGIC = 0x00000801
 #: Largest count an IDX or NPZ header may declare (images); a bigger one is a corrupt header.
 MAX_IMAGES = 100_000_000
 
@@ -129,7 +128,7 @@ def kind_of(path: Path) -> str:
         return "image"
     if head.startswith(b"PK"):
         return "npz"
-    if head[:4] == IDX_IMAGES_MAGIC.to_bytes(4, "big"):
+    if head[:4] == idx.IMAGES_MAGIC.to_bytes(4, "big"):
         return "idx"
     raise InputError(
         path, "unknown kind of file: expected .png, .jpg, IDX (…idx3-ubyte[.gz]), .csv[.gz] or .npz"
@@ -140,7 +139,7 @@ def survey(path: Path, kind: str) -> tuple[int | None, bool]:
     """Return how many images a data file holds (None for CSV) and whether it has labels, from its header."""
     if kind == "idx":
         with _open(path) as f:
-            return _idx_header(f, path, IDX_IMAGES_MAGIC), labels_path(path) is not None
+            return _idx_header(f, path, idx.IMAGES_MAGIC), labels_path(path) is not None
     if kind == "npz":
         with _zip(path) as zf:
             x_name, y_name = _npz_arrays(zf, path)
@@ -281,31 +280,20 @@ def _read_exact(f: IO[bytes], n: int, path: Path) -> bytes:
 
 def _idx_header(f: IO[bytes], path: Path, magic: int) -> int:
     """Read an IDX header; return the count it declares (InputError for a wrong magic number or shape)."""
-    what = {IDX_IMAGES_MAGIC: "images", IDX_LABELS_MAGIC: "labels"}
-    head = _read_exact(f, 4, path)
-    got = int.from_bytes(head, "big")
-    if got != magic:
-        kind = f" (an IDX {what[got]} file)" if got in what else ""
-        raise InputError(
-            path, f"bad magic number 0x{got:08x}{kind}; expected 0x{magic:08x} (IDX {what[magic]})"
-        )
-    ndim = magic & 0xFF
-    dims = [int.from_bytes(_read_exact(f, 4, path), "big") for _ in range(ndim)]
-    if dims[1:] not in ([], [28, 28]):
-        raise InputError(path, f"images are {dims[1]}×{dims[2]}; expected 28×28")
-    if not 0 < dims[0] <= MAX_IMAGES:
-        raise InputError(path, f"the header declares {dims[0]:,} {what[magic]}")
-    return dims[0]
+    try:
+        return idx.read_header(lambda n: _read_exact(f, n, path), magic, MAX_IMAGES)
+    except idx.IdxError as exc:
+        raise InputError(path, str(exc)) from None
 
 
 def _read_idx(path: Path, size: int) -> Iterator[Batch]:
     labels = None
     beside = labels_path(path)
     with _open(path) as f:
-        count = _idx_header(f, path, IDX_IMAGES_MAGIC)
+        count = _idx_header(f, path, idx.IMAGES_MAGIC)
         if beside is not None:
             with _open(beside) as g:
-                n = _idx_header(g, beside, IDX_LABELS_MAGIC)
+                n = _idx_header(g, beside, idx.LABELS_MAGIC)
                 if n != count:
                     raise InputError(path, f"holds {count:,} images but {beside.name} {n:,} labels")
                 labels = list(_read_exact(g, n, beside))

@@ -31,6 +31,7 @@ from typing import IO, cast
 
 import numpy as np
 
+from shared import idx
 from shared.errors import DatasetError, DatasetNotFound, InvalidInput
 
 PathLike = str | os.PathLike[str]
@@ -67,8 +68,6 @@ CHUNK_BYTES = 4 << 20
 #: Seconds a download may wait on the mirror before giving up (seconds).
 DOWNLOAD_TIMEOUT = 60.0
 
-IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
-IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 #: IDX file names by split: (images, labels); `.gz` and the `train-images.idx3-ubyte` spelling too.
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -260,30 +259,17 @@ def _existing_file(path: PathLike) -> Path:
 
 def _idx_count(stream: IO[bytes], name: str, magic: int) -> int:
     """Read and check an IDX header; return the item count it declares."""
-    what = {IDX_IMAGES_MAGIC: "images", IDX_LABELS_MAGIC: "labels"}
-    head = stream.read(4)
-    if len(head) < 4:
-        raise DatasetError(name, f"only {len(head)} bytes: too short for an IDX header")
-    got = int.from_bytes(head, "big")
-    if got != magic:
-        kind = f" (an IDX {what[got]} file)" if got in what else ""
-        raise DatasetError(
-            name, f"bad magic number 0x{got:08x}{kind}; expected 0x{magic:08x} ({what[magic]})"
-        )
-    ndim = magic & 0xFF
-    raw = stream.read(4 * ndim)
-    if len(raw) < 4 * ndim:
-        raise DatasetError(name, "truncated inside the IDX header")
-    dims = struct.unpack(f">{ndim}I", raw)
-    if dims[1:] not in ((), (28, 28)):
-        raise DatasetError(name, f"images are {dims[1]}x{dims[2]}; expected 28x28")
-    if dims[0] == 0:
-        raise DatasetError(name, f"header declares no {what[magic]}")
-    if dims[0] > MAX_IMAGES:
-        raise DatasetError(
-            name, f"header declares {dims[0]:,} {what[magic]}, more than the limit {MAX_IMAGES:,}"
-        )
-    return dims[0]
+
+    def read(n: int) -> bytes:
+        data = stream.read(n)
+        if len(data) < n:
+            raise DatasetError(name, f"too short: the IDX header ends after {len(data)} of {n} bytes")
+        return data
+
+    try:
+        return idx.read_header(read, magic, MAX_IMAGES)
+    except idx.IdxError as exc:
+        raise DatasetError(name, str(exc)) from None
 
 
 def _idx_payload(stream: IO[bytes], name: str, count: int, item_bytes: int) -> np.ndarray:
@@ -307,10 +293,10 @@ def _read_idx_streams(
     """Read one IDX pair: check both headers, then both payloads."""
     with _reading(images_name):
         images = _maybe_gunzip(images)
-        n_images = _idx_count(images, images_name, IDX_IMAGES_MAGIC)
+        n_images = _idx_count(images, images_name, idx.IMAGES_MAGIC)
     with _reading(labels_name):
         labels = _maybe_gunzip(labels)
-        n_labels = _idx_count(labels, labels_name, IDX_LABELS_MAGIC)
+        n_labels = _idx_count(labels, labels_name, idx.LABELS_MAGIC)
     if n_images != n_labels:
         raise DatasetError(
             images_name, f"holds {n_images:,} images but {labels_name} holds {n_labels:,} labels"

@@ -42,6 +42,7 @@ from schemathesis.checks import not_a_server_error
 from client.transport import exchange
 from shared import datasets
 from tests.api_helpers import Live, live_stack
+from tests.datasets_fixtures import IMAGES_MAGIC, LABELS_MAGIC
 from tests.reliability.conftest import Figures
 from tests.reliability.stack import gunicorn_workers, label_blob, proc_status
 
@@ -377,8 +378,8 @@ def test_a_pickled_npy_is_refused_and_never_unpickled(live: Live, tmp_path: Path
 # --- an IDX header that declares a huge size --------------------------------------------------------
 def idx_archive(images: int, labels: int, payload_images: int = 3, compress_members: bool = False) -> bytes:
     """Return a .tar.gz of IDX files whose headers declare `images` / `labels` but hold few bytes."""
-    image_file = struct.pack(">IIII", datasets.IDX_IMAGES_MAGIC, images, 28, 28) + bytes(784 * payload_images)
-    label_file = struct.pack(">II", datasets.IDX_LABELS_MAGIC, labels) + bytes(payload_images)
+    image_file = struct.pack(">IIII", IMAGES_MAGIC, images, 28, 28) + bytes(784 * payload_images)
+    label_file = struct.pack(">II", LABELS_MAGIC, labels) + bytes(payload_images)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
         for name, data in (("train-images-idx3-ubyte", image_file), ("train-labels-idx1-ubyte", label_file)):
@@ -393,7 +394,7 @@ def idx_archive(images: int, labels: int, payload_images: int = 3, compress_memb
 @pytest.mark.parametrize(
     ("images", "labels", "message"),
     [
-        (2**32 - 1, 2**32 - 1, "more than the limit"),
+        (2**32 - 1, 2**32 - 1, "declares 4,294,967,295 images; expected 1 to 1,000,000"),
         (datasets.MAX_IMAGES, datasets.MAX_IMAGES, "truncated"),
         (datasets.MAX_IMAGES, 3, "holds 1,000,000 images but"),
     ],
@@ -442,10 +443,10 @@ def bomb_archive(images: int) -> bytes:
 
     members = {
         "train-images-idx3-ubyte.gz": gz_stream(
-            struct.pack(">IIII", datasets.IDX_IMAGES_MAGIC, images, 28, 28), images * 784
+            struct.pack(">IIII", IMAGES_MAGIC, images, 28, 28), images * 784
         ),
         "train-labels-idx1-ubyte.gz": gz_stream(
-            struct.pack(">II", datasets.IDX_LABELS_MAGIC, images), images
+            struct.pack(">II", LABELS_MAGIC, images), images
         ),
     }
     buf = io.BytesIO()
