@@ -9,6 +9,7 @@ zip or a tar (gzipped or not) is an IDX archive, and anything else is read as CS
 from __future__ import annotations
 
 import io
+import threading
 import zipfile
 import zlib
 from typing import Any
@@ -31,6 +32,10 @@ CONTENT_TYPES = {"text/csv": "csv", "application/csv": "csv", "application/x-npz
 EXTENSIONS = {".npz": "npz", ".csv": "csv", ".csv.gz": "csv", ".tar": "idx", ".tar.gz": "idx", ".tgz": "idx"}
 #: Bytes of a gzip stream inflated to recognise a tar inside (its header is 512 bytes).
 SNIFF_BYTES = 512
+#: Uploads are read one at a time in each process. A compressed body of a few hundred KB may
+#: inflate to MAX_IMAGES images, about 770 MB while it is read and stored: one at a time, a
+#: process needs that once, not once for each of its request threads.
+_ONE_UPLOAD_AT_A_TIME = threading.Lock()
 
 
 def _check(name: str) -> str:
@@ -152,8 +157,11 @@ def upload(query: dict[str, Any], name: str) -> tuple[dict[str, Any], int, dict[
     data, filename = _read_upload(services().settings.max_dataset_bytes)
     if not data:
         raise InvalidInput("the body is empty: send the dataset file")
-    parsed = datasets.parse_bytes(name, data, _kind(data, query.get("format"), filename))
-    info = store.put(parsed, replace=False)
+    kind = _kind(data, query.get("format"), filename)
+    with _ONE_UPLOAD_AT_A_TIME:
+        parsed = datasets.parse_bytes(name, data, kind)
+        info = store.put(parsed, replace=False)
+        del parsed  # freed before the next upload is read
     return _uploaded(info), 201, {"Location": url_for("datasets.get_dataset", name=name)}
 
 

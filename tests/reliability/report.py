@@ -118,6 +118,12 @@ TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("upload_bytes", "upload (bytes)"), ("inflated_mib", "inflated size (MiB)"), ("status", "status"),
         ("peak_rss_growth_mib", "API worker peak RSS growth (MiB)"), ("seconds", "request time (s)"),
     ]),
+    ("idx_inflating_uploads_at_once",
+     "Hostile input: three such uploads at once to one fresh API process (read one at a time)", [
+        ("uploads", "uploads"), ("inflated_mib_each", "inflated size of each (MiB)"),
+        ("statuses", "statuses"),
+        ("peak_rss_growth_mib", "API worker peak RSS growth (MiB)"), ("seconds", "time for all (s)"),
+    ]),
     ("tokens", "Security: tokens", [
         ("routes_checked", "non-GET operations of /openapi.json checked (401 without, 403 wrong)"),
         ("unguarded", "operations that wrote or predicted without the token"),

@@ -25,6 +25,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -445,9 +446,7 @@ def bomb_archive(images: int) -> bytes:
         "train-images-idx3-ubyte.gz": gz_stream(
             struct.pack(">IIII", IMAGES_MAGIC, images, 28, 28), images * 784
         ),
-        "train-labels-idx1-ubyte.gz": gz_stream(
-            struct.pack(">II", LABELS_MAGIC, images), images
-        ),
+        "train-labels-idx1-ubyte.gz": gz_stream(struct.pack(">II", LABELS_MAGIC, images), images),
     }
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:  # the members are gzipped already
@@ -483,6 +482,43 @@ def test_a_compressed_idx_upload_at_the_image_limit(live: Live, figures: Figures
     assert response.status in (201, 400, 413), raw[:300]
     assert worker_pid(live) == pid
     live.delete("/v1/datasets/inflated", headers=live.auth)
+
+
+@pytest.mark.reliability
+def test_inflating_uploads_sent_at_once_are_read_one_at_a_time(
+    redis_url: str, tmp_path: Path, figures: Figures
+) -> None:
+    """Three uploads that each inflate to MAX_IMAGES images, at once, to a fresh process.
+
+    Read together, each would hold its ~770 MB at the same time; read one at a time, the
+    process's peak memory grows about as much as for one.
+    """
+    uploads = 3
+    body = bomb_archive(datasets.MAX_IMAGES)
+    with live_stack(redis_url, tmp_path, workers=1, MNIST_MAX_DATASET_BYTES=str(MAX_DATASET)) as stack:
+        pid = worker_pid(stack)
+        before = proc_status(pid)
+
+        def upload(i: int) -> tuple[http.client.HTTPResponse, bytes]:
+            return raw_request(stack, "POST", f"/v1/datasets/at-once-{i}?format=idx", body, stack.auth)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(uploads) as pool:
+            answers = list(pool.map(upload, range(uploads)))
+        seconds = time.monotonic() - started
+        after = proc_status(pid)
+    grew_mib = (after["VmHWM"] - before["VmHWM"]) / 1024
+    inflated_mib = datasets.MAX_IMAGES * 785 / 2**20
+    figures.record(
+        "idx_inflating_uploads_at_once",
+        uploads=uploads,
+        inflated_mib_each=round(inflated_mib),
+        statuses=[response.status for response, _ in answers],
+        peak_rss_growth_mib=round(grew_mib),
+        seconds=round(seconds, 1),
+    )
+    assert [response.status for response, _ in answers] == [201] * uploads, [raw[:200] for _, raw in answers]
+    assert grew_mib < 1.5 * inflated_mib, f"peak RSS grew by {grew_mib:.0f} MiB for {uploads} uploads at once"
 
 
 # --- path traversal and null bytes in names -----------------------------------------------------------
