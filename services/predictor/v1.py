@@ -9,6 +9,7 @@ and version in the Mnist-Model and Mnist-Model-Version headers.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -178,9 +179,9 @@ def predict_alias(model: str, alias: str) -> Response:
 
 
 def _predict(model: str, version: int | None = None, alias: str | None = None) -> Response:
-    check_predict_token()
     svc = services()
-    pixels, top_k = read_body(svc.settings.max_batch)
+    check_predict_token(svc.settings)
+    pixels, top_k = read_body(svc.settings.max_batch, svc.settings.max_body_bytes)
     loaded = svc.cache.get(model, version=version, alias=alias)
     npy_answer = wants_npy()
     if npy_answer and top_k is not None:
@@ -189,22 +190,24 @@ def _predict(model: str, version: int | None = None, alias: str | None = None) -
     child(IMAGES, loaded.model).inc(len(probs))
     if npy_answer:
         return render_npy(loaded, probs)
-    return Response(render(loaded, probs, top_k), mimetype="application/json")
+    return Response(render(loaded, probs, top_k), content_type="application/json")
 
 
 def wants_npy() -> bool:
     """Return True if the request's Accept header prefers an .npy answer to JSON."""
-    accept = request.headers.get("Accept", "")
+    accept = request.environ.get("HTTP_ACCEPT", "")
     # Most clients send no Accept or */*: the header is parsed only when it names npy.
     return "npy" in accept and request.accept_mimetypes.best_match(ANSWER_TYPES) in NPY_TYPES
 
 
-def read_body(max_batch: int) -> tuple[np.ndarray, int | None]:
+def read_body(max_batch: int, max_body_bytes: int) -> tuple[np.ndarray, int | None]:
     """Return the request's images as scaled rows, and top_k; 4xx errors for anything else."""
-    body = request_body()
-    # The raw header, not request.mimetype: only the media type matters, its options need no parse.
-    mimetype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
-    query = request.args if request.query_string else {}
+    body = request_body(limit=max_body_bytes)
+    # The raw headers, not request.mimetype or request.args: only the media type matters, its
+    # options need no parse, and most requests have no query string.
+    environ = request.environ
+    mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    query = request.args if environ.get("QUERY_STRING") else {}
     if not mimetype or mimetype == "application/json" or mimetype.endswith("+json"):
         fast = decode.fast_instances(body)
         data = fast if fast is not None else decode.load_json(body)
@@ -214,7 +217,7 @@ def read_body(max_batch: int) -> tuple[np.ndarray, int | None]:
         if "instances" not in data:
             raise InvalidInput('the body needs "instances": a list of images of 784 pixel values')
         prange = decode.pixel_range(data.get("pixel_range", query.get("pixel_range")))
-        top_k = check_top_k(data["top_k"]) if "top_k" in data else _query_top_k()
+        top_k = check_top_k(data["top_k"]) if "top_k" in data else _query_top_k(query)
         if fast is not None:
             decode.check_batch(len(fast["instances"]), max_batch)
             return decode.scale(fast["instances"], prange, "instances", finite=True), top_k
@@ -222,10 +225,10 @@ def read_body(max_batch: int) -> tuple[np.ndarray, int | None]:
     if mimetype == "application/octet-stream":
         if decode.pixel_range(query.get("pixel_range")) != "uint8":
             raise InvalidInput("raw bodies are uint8 pixels (0–255): pixel_range 'unit' does not apply")
-        return decode.from_raw(body, max_batch), _query_top_k()
+        return decode.from_raw(body, max_batch), _query_top_k(query)
     if mimetype in NPY_TYPES:
         prange = decode.pixel_range(query.get("pixel_range"))
-        return decode.from_npy(body, prange, max_batch), _query_top_k()
+        return decode.from_npy(body, prange, max_batch), _query_top_k(query)
     raise UnsupportedMediaType(
         f"cannot read {mimetype!r}: send application/json, application/octet-stream or application/x-npy"
     )
@@ -238,8 +241,8 @@ def check_top_k(value: Any) -> int:
     return value
 
 
-def _query_top_k() -> int | None:
-    raw = request.args.get("top_k") if request.query_string else None
+def _query_top_k(query: Mapping[str, str]) -> int | None:
+    raw = query.get("top_k")
     if raw is None:
         return None
     try:

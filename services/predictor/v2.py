@@ -274,9 +274,9 @@ def _model_ready(model: str, version: int | None) -> Response:
 
 
 def _infer(model: str, version: int | None) -> Response:
-    check_predict_token()
     svc = services()
-    header, binary = _split(request_body())
+    check_predict_token(svc.settings)
+    header, binary = _split(request_body(limit=svc.settings.max_body_bytes))
     body = decode.load_json(header, "inference request")
     unknown = sorted(set(body) - set(REQUEST_FIELDS))
     if unknown:

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import pickle
+import socket
 import struct
 import tarfile
 import time
@@ -41,7 +42,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from client.transport import exchange
-from shared import datasets
+from shared import datasets, mlp
 from tests.api_helpers import Live, live_stack
 from tests.datasets_fixtures import IMAGES_MAGIC, LABELS_MAGIC
 from tests.reliability.conftest import Figures
@@ -292,6 +293,34 @@ def test_oversized_chunked_bodies_get_a_413(
     r = requests.request(method, live.url + path, data=chunks(), headers=headers, timeout=60)
     assert r.status_code == 413, r.text
     assert r.json()["code"] == 413
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/v1/models/mnist:predict", "application/octet-stream"),
+        ("/v2/models/mnist/infer", "application/octet-stream"),
+        ("/v1/datasets/truncated", "text/csv"),
+    ],
+    ids=["predict", "v2", "dataset"],
+)
+def test_a_body_shorter_than_its_content_length_is_a_400(live: Live, path: str, content_type: str) -> None:
+    """The client half-closes after half the bytes it declared: a 400, nothing used or stored."""
+    declared = 2 * mlp.INPUT_SIZE
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+        f"Authorization: {live.auth['Authorization']}\r\n"
+        f"Content-Length: {declared}\r\nConnection: close\r\n\r\n"
+    )
+    address = urlsplit(live.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(head.encode() + bytes(mlp.INPUT_SIZE))
+        sock.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    status_line, _, rest = answer.partition(b"\r\n")
+    _, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line.split()[1] == b"400", answer[:300]
+    assert f"ended after 784 of the {declared:,} bytes" in json.loads(body)["message"]
 
 
 # --- deeply nested JSON ----------------------------------------------------------------------------
