@@ -442,9 +442,13 @@ def test_a_fresh_process_has_no_previous_version_to_fall_back_on(live: Live, fig
     server = live.server
     m = "fragile-fresh"
     v1 = registry.publish(m, label_blob(1, label=1), {})
+    # The alias holds the default at v1 until v2's blob is corrupt: published unpinned, v2 could
+    # be loaded (and served) in the moment between its publish and the corruption.
+    registry.set_alias(m, "production", v1)
     wait_for(lambda: all_serving(server, m, v1), 30, "both gunicorn workers to serve v1")
     v2 = registry.publish(m, label_blob(2, label=2), {})
     registry.redis.set(Keys(live.env.prefix).blob(m, v2), b"bytes that do not match the sha256")
+    registry.delete_alias(m, "production")  # the default moves to v2, which must be refused
     wait_for(lambda: "refused" in requests.get(f"{live.url}/readyz", timeout=30).text, 30, "the refusal")
     before = gunicorn_workers(server)
     os.kill(before[0], signal.SIGKILL)
