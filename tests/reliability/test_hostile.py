@@ -321,6 +321,8 @@ def test_a_body_shorter_than_its_content_length_is_a_400(live: Live, path: str, 
     _, _, body = rest.partition(b"\r\n\r\n")
     assert status_line.split()[1] == b"400", answer[:300]
     assert f"ended after 784 of the {declared:,} bytes" in json.loads(body)["message"]
+    if path.startswith("/v1/datasets/"):
+        assert requests.get(live.url + path, timeout=30).status_code == 404
 
 
 # --- deeply nested JSON ----------------------------------------------------------------------------
