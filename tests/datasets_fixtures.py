@@ -1,15 +1,19 @@
-"""Tiny writers of dataset files (IDX, CSV, NPZ, archives) for tests/test_datasets.py."""
+"""Tiny writers of dataset files (IDX, CSV, NPZ, archives) and a DatasetError check, for dataset tests."""
 
 from __future__ import annotations
 
 import gzip
 import io
+import re
 import struct
 import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from shared.errors import DatasetError
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
@@ -63,6 +67,11 @@ def idx_files(
     return files
 
 
+def raises_naming(name: str | Path, *words: str) -> pytest.RaisesExc[DatasetError]:
+    """Expect a DatasetError whose message names the file (and holds each of `words`)."""
+    return pytest.raises(DatasetError, match=".*".join(map(re.escape, (str(name), *words))))
+
+
 def write_files(folder: Path, files: dict[str, bytes]) -> Path:
     """Write each named file into `folder` (created); return the folder."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,6 +91,13 @@ def csv_text(x: np.ndarray, y: np.ndarray, *, header: bool = True, label_last: b
     return "\n".join(lines) + "\n"
 
 
+def write_csv(tmp_path: Path, text: str, name: str = "bad.csv") -> Path:
+    """Write `text` as a CSV file; return its path."""
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
 def npz_bytes(**arrays: np.ndarray) -> bytes:
     """Return an .npz holding `arrays`, written with np.savez (pickling allowed, as numpy does)."""
     buf = io.BytesIO()
@@ -94,6 +110,13 @@ def npy_with_header(shape: tuple[int, ...], payload: bytes, descr: str = "|u1") 
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
     return buf.getvalue() + payload  # the header writer includes the magic
+
+
+def write_npz(tmp_path: Path, data: bytes, name: str = "mnist.npz") -> Path:
+    """Write .npz bytes; return the path."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
 
 
 def zip_bytes(members: dict[str, bytes]) -> bytes:

@@ -42,7 +42,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from client.transport import exchange
-from shared import datasets, mlp
+from shared import dataset_files, mlp
 from tests.api_helpers import Live, live_stack
 from tests.datasets_fixtures import IMAGES_MAGIC, LABELS_MAGIC
 from tests.reliability.conftest import Figures
@@ -427,8 +427,8 @@ def idx_archive(images: int, labels: int, payload_images: int = 3, compress_memb
     ("images", "labels", "message"),
     [
         (2**32 - 1, 2**32 - 1, "declares 4,294,967,295 images; expected 1 to 1,000,000"),
-        (datasets.MAX_IMAGES, datasets.MAX_IMAGES, "truncated"),
-        (datasets.MAX_IMAGES, 3, "holds 1,000,000 images but"),
+        (dataset_files.MAX_IMAGES, dataset_files.MAX_IMAGES, "truncated"),
+        (dataset_files.MAX_IMAGES, 3, "holds 1,000,000 images but"),
     ],
     ids=["4-billion", "limit-1m", "images-1m"],
 )
@@ -495,7 +495,7 @@ def test_a_compressed_idx_upload_at_the_image_limit(live: Live, figures: Figures
     The body limit counts compressed bytes; what bounds the memory of one upload is MAX_IMAGES.
     """
     pid = worker_pid(live)
-    body = bomb_archive(datasets.MAX_IMAGES)
+    body = bomb_archive(dataset_files.MAX_IMAGES)
     before = proc_status(pid)
     started = time.monotonic()
     response, raw = raw_request(live, "POST", "/v1/datasets/inflated?format=idx", body, live.auth)
@@ -505,7 +505,7 @@ def test_a_compressed_idx_upload_at_the_image_limit(live: Live, figures: Figures
     figures.record(
         "idx_inflating_upload",
         upload_bytes=len(body),
-        inflated_mib=round(datasets.MAX_IMAGES * 785 / 2**20),
+        inflated_mib=round(dataset_files.MAX_IMAGES * 785 / 2**20),
         status=response.status,
         peak_rss_growth_mib=round(grew_mib),
         seconds=round(seconds, 1),
@@ -525,7 +525,7 @@ def test_inflating_uploads_sent_at_once_are_read_one_at_a_time(
     process's peak memory grows about as much as for one.
     """
     uploads = 3
-    body = bomb_archive(datasets.MAX_IMAGES)
+    body = bomb_archive(dataset_files.MAX_IMAGES)
     with live_stack(redis_url, tmp_path, workers=1, MNIST_MAX_DATASET_BYTES=str(MAX_DATASET)) as stack:
         pid = worker_pid(stack)
         before = proc_status(pid)
@@ -539,7 +539,7 @@ def test_inflating_uploads_sent_at_once_are_read_one_at_a_time(
         seconds = time.monotonic() - started
         after = proc_status(pid)
     grew_mib = (after["VmHWM"] - before["VmHWM"]) / 1024
-    inflated_mib = datasets.MAX_IMAGES * 785 / 2**20
+    inflated_mib = dataset_files.MAX_IMAGES * 785 / 2**20
     figures.record(
         "idx_inflating_uploads_at_once",
         uploads=uploads,
