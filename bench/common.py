@@ -78,7 +78,7 @@ def start_gunicorn(
         str(Path(sys.executable).parent / "gunicorn"),
         "--config", str(ROOT / "services" / "gunicorn_conf.py"),
         "--bind", f"127.0.0.1:{port}",
-        "services.api:create_app()",
+        "services.app:create_app()",
     ]  # fmt: skip
     log = (tmp / "gunicorn.log").open("wb")
     process = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -1,6 +1,6 @@
 """Serving throughput of the predictor against in-process NumPy, side by side, in one run.
 
-Starts a real gunicorn on a free port (the app of `services.api:create_app()` with
+Starts a real gunicorn on a free port (the app of `services.app:create_app()` with
 services/gunicorn_conf.py) on a private key prefix of the local Redis (or $REDIS_URL), publishes
 one model (784-512-10, He init: the figures do not depend on the weights), and measures:
 

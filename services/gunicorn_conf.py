@@ -1,4 +1,4 @@
-"""gunicorn settings of the HTTP service: `gunicorn -c services/gunicorn_conf.py 'services.api:create_app()'`.
+"""gunicorn settings of the HTTP service: `gunicorn -c services/gunicorn_conf.py 'services.app:create_app()'`.
 
 gthread workers: each process serves several requests at once (Server-Sent Events streams
 hold a thread, not a process), and each process holds its own model cache and watcher thread.

@@ -1,5 +1,5 @@
 """The WSGI entry point for gunicorn: ``services.wsgi:app`` (the app is built per worker process)."""
 
-from services.api import create_app
+from services.app import create_app
 
 app = create_app()

@@ -1,6 +1,6 @@
 """Domain errors: small named exceptions raised inside, mapped to HTTP at the edge.
 
-Each carries the HTTP status the web layer answers with, so `services/api/errors.py` maps them in
+Each carries the HTTP status the web layer answers with, so `services/web/errors.py` maps them in
 one handler; the core never imports Flask.
 """
 

@@ -194,7 +194,7 @@ def start_server(env: StackEnv, tmp: Path, workers: int = 2, **more: str) -> Ser
         "--config", str(ROOT / "services" / "gunicorn_conf.py"),
         "--bind", f"127.0.0.1:{port}",
         "--workers", str(workers),
-        "services.api:create_app()",
+        "services.app:create_app()",
     ]  # fmt: skip
     prom = tmp / f"prometheus-{port}"
     prom.mkdir()

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from services.api import create_app
+from services.app import create_app
 from tests.api_helpers import Live, live_stack, new_env
 from tests.live_fixtures import BIN, ROOT, Process
 
@@ -209,7 +209,7 @@ def test_server_refuses_to_start_without_token(redis_url: str, tmp_path: Path) -
         "--config", str(ROOT / "services" / "gunicorn_conf.py"),
         "--bind", "127.0.0.1:0",
         "--workers", "1",
-        "services.api:create_app()",
+        "services.app:create_app()",
     ]  # fmt: skip
     prom = tmp_path / "prometheus"  # gunicorn_conf empties it at start
     prom.mkdir()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.api import create_app
+from services.app import create_app
 from services.api.evaluation import MAX_LIMIT, DatasetCache
 from shared import datasets, mlp, serialization
 from shared.dataset_store import DatasetStore

@@ -11,7 +11,7 @@ import pytest
 import redis
 import requests
 
-from services.api import create_app
+from services.app import create_app
 from shared import serialization
 from shared.config import Settings
 from shared.jobs import Jobs, JobState

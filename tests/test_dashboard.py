@@ -19,7 +19,7 @@ import redis
 import requests
 from PIL import Image
 
-from services.api import create_app
+from services.app import create_app
 from shared import pipeline, serialization
 from shared.keys import Keys
 from shared.registry import Registry

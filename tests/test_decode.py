@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from services.predictor import decode
-from services.predictor.cache import MIN_CHUNK_ROWS, LoadedModel
+from services.serving.cache import MIN_CHUNK_ROWS, LoadedModel
 from shared import mlp
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (3, mlp.INPUT_SIZE), dtype=np.uint8)

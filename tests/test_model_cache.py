@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from services.predictor.cache import LoadedModel, ModelCache
+from services.serving.cache import LoadedModel, ModelCache
 from shared import mlp, serialization
 from shared.config import Settings
 from shared.errors import AliasNotFound, InvalidInput, ModelNotFound, ServiceUnavailable, VersionNotFound

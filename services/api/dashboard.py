@@ -6,9 +6,9 @@ part of it. The page loads only same-origin scripts, so a strict Content-Securit
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, send_from_directory
+from flask import Blueprint, Response, send_from_directory
 
-blp = Blueprint("dashboard", __name__)
+blp = Blueprint("dashboard", __name__, static_folder="static", static_url_path="/static")
 
 #: Same-origin scripts, styles and requests only (`data:` images: the empty favicon).
 CSP = (
@@ -20,8 +20,8 @@ CSP = (
 @blp.get("/")
 def index() -> Response:
     """Serve the dashboard page."""
-    assert current_app.static_folder is not None
-    response = send_from_directory(current_app.static_folder, "index.html", max_age=0)
+    assert blp.static_folder is not None
+    response = send_from_directory(blp.static_folder, "index.html", max_age=0)
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"

@@ -15,12 +15,13 @@ import zlib
 from typing import Any
 
 from flask import request, url_for
-from flask_smorest import Blueprint
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from services.api.bodies import request_body
-from services.api.context import services
-from services.api.schemas import LOCATION, VALIDATION_STATUS, DatasetSchema, UploadQuerySchema, write_access
+from services.api.schemas import DatasetSchema, UploadQuerySchema
+from services.web.auth import write_access
+from services.web.blueprint import LOCATION, VALIDATION_STATUS, Blueprint
+from services.web.bodies import request_body
+from services.web.context import services
 from shared import datasets
 from shared.errors import DatasetExists, InvalidInput, PayloadTooLarge
 from shared.registry import check_name

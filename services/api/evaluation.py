@@ -1,8 +1,9 @@
 """Evaluate a version on a dataset: accuracy, confusion matrix, and the images it gets wrong.
 
 ``POST /v1/models/<m>/versions/<v>:evaluate`` classifies the first `limit` images of a split of a
-built-in or uploaded dataset (by name, never a path) with the version's weights, read from the
-registry and checked against their sha256. Datasets are kept in a small per-process LRU:
+built-in or uploaded dataset (by name, never a path) with the version the prediction service
+holds (its model cache: loaded once, checked against its sha256, shared with the predict
+routes). Datasets are kept in a small per-process LRU:
 reading fashion-mnist's 70,000 images takes seconds, classifying them a fraction of that.
 """
 
@@ -16,15 +17,15 @@ from typing import Any
 
 import numpy as np
 from flask import current_app
-from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, fields, validate
 
-from services.api.auth import check_predict_token
-from services.api.context import services
-from services.api.schemas import VALIDATION_STATUS, json_body
-from shared import datasets, mlp, serialization
+from services.serving.cache import LoadedModel
+from services.web.auth import check_predict_token
+from services.web.blueprint import VALIDATION_STATUS, Blueprint
+from services.web.context import services
+from shared import datasets, mlp
 from shared.dataset_store import DatasetStore
-from shared.errors import CorruptModel, DatasetNotFound, InvalidInput
+from shared.errors import DatasetNotFound, InvalidInput
 from shared.schemas import name_field
 
 blp = Blueprint("evaluation", __name__, description="Evaluate a model version on a dataset")
@@ -139,16 +140,6 @@ def _cache() -> DatasetCache:
     return current_app.extensions.setdefault(CACHE_EXTENSION, DatasetCache(DATASET_CACHE_SIZE))
 
 
-def _load_params(model: str, version: int) -> list[np.ndarray]:
-    """Return a version's parameters, read from the registry and checked against its sha256."""
-    blob, _ = services().registry.get_blob(model, version)
-    try:
-        params, _ = serialization.model_from_bytes(blob, f"{model} v{version}")
-    except InvalidInput as exc:  # checksummed yet unreadable: the stored data is at fault
-        raise CorruptModel(exc.message) from None
-    return params
-
-
 def _split(ds: datasets.Dataset, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
     x, y = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
     if x is None or y is None:
@@ -160,15 +151,9 @@ def _split(ds: datasets.Dataset, split: str, limit: int) -> tuple[np.ndarray, np
     return x[:limit], y[:limit]
 
 
-def evaluate(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, max_wrong: int) -> dict[str, Any]:
+def evaluate(loaded: LoadedModel, x: np.ndarray, y: np.ndarray, max_wrong: int) -> dict[str, Any]:
     """Classify uint8 images x (n, 784) against labels y (n,); return the evaluation's figures."""
-    dtype = params[0].dtype
-    probs = np.concatenate(
-        [
-            mlp.predict_proba(params, mlp.scale_pixels(x[i : i + BATCH], dtype))
-            for i in range(0, len(y), BATCH)
-        ]
-    )
+    probs = np.concatenate([loaded.predict_proba(x[i : i + BATCH]) for i in range(0, len(y), BATCH)])
     predicted = probs.argmax(axis=1)
     confusion = mlp.confusion_matrix(y, predicted)
     totals = confusion.sum(axis=1)
@@ -195,7 +180,6 @@ def evaluate(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, max_wrong: 
 
 
 @blp.route("/v1/models/<model>/versions/<int:version>:evaluate", methods=["POST"])
-@json_body
 @blp.arguments(EvaluateRequestSchema, error_status_code=VALIDATION_STATUS)
 @blp.response(200, EvaluationSchema)
 @blp.alt_response(400, response="BAD_REQUEST", description="invalid body, unknown dataset or no such split")
@@ -205,16 +189,19 @@ def evaluate(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, max_wrong: 
 @blp.alt_response(403, response="FORBIDDEN", description="predict token wrong")
 @blp.alt_response(404, response="NOT_FOUND", description="unknown model or version")
 @blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
-@blp.alt_response(503, response="SERVICE_UNAVAILABLE", description="the stored model failed its sha256 check")
+@blp.alt_response(
+    503, response="SERVICE_UNAVAILABLE", description="the version is not in memory and cannot be loaded"
+)
 @blp.doc(security=[{}, {"bearerAuth": []}])
 def evaluate_version(body: dict[str, Any], model: str, version: int) -> dict[str, Any]:
     """Score a version on a dataset split: accuracy, confusion matrix, misclassified images."""
     check_predict_token()
-    params = _load_params(model, version)
-    ds = _cache().get(body["dataset"], services().datasets)
+    svc = services()
+    loaded = svc.predictions.model(model, version=version)
+    ds = _cache().get(body["dataset"], svc.datasets)
     x, y = _split(ds, body["split"], body["limit"])
     started = time.perf_counter()
-    figures = evaluate(params, x, y, body["max_misclassified"])
+    figures = evaluate(loaded, x, y, body["max_misclassified"])
     return {
         "model": model,
         "model_version": version,

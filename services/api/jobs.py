@@ -9,18 +9,11 @@ from typing import Any
 
 import redis
 from flask import Response, current_app, url_for
-from flask_smorest import Blueprint
 
-from services.api.context import services
-from services.api.schemas import (
-    LOCATION,
-    VALIDATION_STATUS,
-    JobQuerySchema,
-    JobSchema,
-    JobSpecSchema,
-    json_body,
-    write_access,
-)
+from services.api.schemas import JobQuerySchema, JobSchema, JobSpecSchema
+from services.web.auth import write_access
+from services.web.blueprint import LOCATION, VALIDATION_STATUS, Blueprint
+from services.web.context import services
 from shared import datasets
 from shared.errors import InvalidInput, JobNotFound
 from shared.jobs import Jobs, JobState
@@ -50,7 +43,6 @@ def _check_dataset(name: str) -> None:
 
 @blp.route("", methods=["POST"])
 @write_access(blp)
-@json_body
 @blp.arguments(JobSpecSchema, error_status_code=VALIDATION_STATUS, description="the training spec")
 @blp.response(202, JobSchema, description="queued", headers={"Location": LOCATION})
 @blp.alt_response(400, response="BAD_REQUEST")

@@ -5,19 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, request, url_for
-from flask_smorest import Blueprint
 
-from services.api.context import services
-from services.api.schemas import (
-    VALIDATION_STATUS,
-    AliasBodySchema,
-    AliasSchema,
-    ModelSchema,
-    ModelSummarySchema,
-    VersionSchema,
-    json_body,
-    write_access,
-)
+from services.api.schemas import AliasBodySchema, AliasSchema, ModelSchema, ModelSummarySchema, VersionSchema
+from services.web.auth import write_access
+from services.web.blueprint import VALIDATION_STATUS, Blueprint
+from services.web.context import services
 from shared.errors import ModelNotFound
 from shared.registry import VersionRecord, check_name
 
@@ -152,7 +144,6 @@ def delete_version(model: str, version: int) -> None:
 
 @blp.route("/<model>/aliases/<alias>", methods=["PUT"])
 @write_access(blp)
-@json_body
 @blp.arguments(AliasBodySchema, error_status_code=VALIDATION_STATUS)
 @blp.response(200, AliasSchema)
 @blp.alt_response(400, response="BAD_REQUEST")

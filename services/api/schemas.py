@@ -1,4 +1,4 @@
-"""Request and response schemas of the HTTP API, and the decorators that document writes.
+"""Request and response schemas of the HTTP API (jobs, models, datasets).
 
 The training spec itself is `shared.schemas.TrainingSpecSchema`; `JobSpecSchema` narrows it for
 HTTP (a dataset is a name, never a server path). Response schemas drive both the OpenAPI
@@ -7,63 +7,16 @@ document and what a view returns: fields not declared here are not sent.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import orjson
-from flask import request
-from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from services.api.auth import write_token_required
-from services.api.bodies import request_body
 from shared.datasets import UPLOAD_KINDS
-from shared.errors import InvalidInput, UnsupportedMediaType
 from shared.jobs import JobState
 from shared.schemas import TrainingSpecSchema, name_field
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-#: Status of a request whose body or query fails validation (webargs' default is 422).
-VALIDATION_STATUS = 400
-#: OpenAPI description of the Location header of a created resource.
-LOCATION = {"description": "URL of the new resource", "schema": {"type": "string"}}
 #: Most jobs one `GET /v1/jobs` returns.
 MAX_JOB_LIST = 500
-
-
-def write_access(blp: Blueprint) -> Callable[[F], F]:
-    """Require the API token on a route and document it (bearerAuth, 401, 403)."""
-
-    def decorator(view: F) -> F:
-        guarded = write_token_required(view)
-        guarded = blp.alt_response(401, response="UNAUTHORIZED")(guarded)
-        guarded = blp.alt_response(403, response="FORBIDDEN")(guarded)
-        return blp.doc(security=[{"bearerAuth": []}])(guarded)
-
-    return decorator
-
-
-def json_body(view: F) -> F:
-    """Refuse a body that is not declared as JSON (415), too large (413), empty or not valid JSON (400)."""
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not request.is_json:
-            raise UnsupportedMediaType("send the body as JSON with 'Content-Type: application/json'")
-        body = request_body(cache=True)  # kept for webargs
-        if not body.strip():
-            raise InvalidInput("the body is empty: send a JSON object")
-        # webargs parses with the standard library, which recurses: 100,000 nested lists raise
-        # RecursionError (a 500). orjson stops at 1,024 levels with an error, so check with it first.
-        try:
-            orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"the body is not valid JSON ({exc})") from None
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 # --- jobs -------------------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""The prediction component: the hot-reloading model cache, body decoding, the v1 and V2 routes."""
+"""The predict routes: v1 and the V2 inference protocol, thin protocol handlers over `services.serving`."""

@@ -91,20 +91,28 @@ def from_numbers(
 ) -> np.ndarray:
     """Return scaled rows from nested JSON lists of pixel values (N, 784) or (N, 28, 28).
 
-    `hint` is the raw JSON text the lists came from: booleans are looked for in it first, so the
-    common case (no `true`/`false` anywhere) never walks the lists in Python.
+    `hint` is the raw JSON text the lists came from (see `_numbers`).
     """
     if not isinstance(values, list) or (values and not isinstance(values[0], list)):
         raise InvalidInput(f"{what} must be a list of images, each a list of 784 numbers")
     check_batch(len(values), max_batch)
+    array = _numbers(values, hint, what, ragged=": every image needs 784 numbers")
+    return scale(array, prange, what)
+
+
+def _numbers(values: list, hint: bytes, what: str, ragged: str = "") -> np.ndarray:
+    """Return nested JSON lists as one array; InvalidInput for a boolean, ragged or too deep lists.
+
+    `hint` is the raw JSON text the lists came from: booleans are looked for in it first, so the
+    common case (no `true`/`false` anywhere) never walks the lists in Python.
+    """
     if (b"true" in hint or b"false" in hint) and _has_bool(values):
         # np.array would read True as 1: a boolean is a client bug, not a pixel.
         raise InvalidInput(f"{what} hold a boolean: pixels are numbers")
     try:
-        array = np.array(values)
+        return np.array(values)
     except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"{what} are ragged or nested too deep: every image needs 784 numbers") from None
-    return scale(array, prange, what)
+        raise InvalidInput(f"{what} are ragged or nested too deep{ragged}") from None
 
 
 def from_raw(body: bytes | memoryview, max_batch: int, what: str = "body") -> np.ndarray:
@@ -152,12 +160,7 @@ def from_list(values: object, hint: bytes, shape: tuple[int, ...], integers: boo
     what = "the input tensor's data"
     if not isinstance(values, list):
         raise InvalidInput(f"{what} must be a list of numbers")
-    if (b"true" in hint or b"false" in hint) and _has_bool(values):
-        raise InvalidInput(f"{what} hold a boolean: pixels are numbers")
-    try:
-        array = np.array(values)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"{what} are ragged or nested too deep") from None
+    array = _numbers(values, hint, what)
     if array.dtype.kind not in NUMERIC_KINDS:
         raise InvalidInput(f"{what} hold values that are not numbers (strings, null or objects)")
     if array.size != math.prod(shape):

@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 import orjson
 from flask import Response, request
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from services.api.auth import check_predict_token
-from services.api.bodies import request_body
-from services.api.context import services
-from services.api.metrics import IMAGES, child
 from services.predictor import decode
-from services.predictor.cache import LoadedModel
+from services.serving.service import Prediction
+from services.web.auth import check_predict_token
+from services.web.blueprint import Blueprint
+from services.web.bodies import request_body
+from services.web.context import services
+from services.web.errors import error_docs
 from shared import mlp
 from shared.errors import InvalidInput, UnsupportedMediaType
 
@@ -120,12 +120,6 @@ ERRORS = {
 }
 
 
-def error_docs(errors: dict[int, str]) -> dict[str, Any]:
-    """Return OpenAPI responses for `errors` (code -> why), all in the Error schema."""
-    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    return {str(code): {"description": why, "content": content} for code, why in errors.items()}
-
-
 #: The answer: JSON, or the probabilities as .npy with `Accept: application/x-npy`.
 ANSWER_DOC = {
     "200": {
@@ -182,15 +176,13 @@ def _predict(model: str, version: int | None = None, alias: str | None = None) -
     svc = services()
     check_predict_token(svc.settings)
     pixels, top_k = read_body(svc.settings.max_batch, svc.settings.max_body_bytes)
-    loaded = svc.cache.get(model, version=version, alias=alias)
     npy_answer = wants_npy()
     if npy_answer and top_k is not None:
         raise InvalidInput("top_k applies to JSON answers: an .npy answer holds every probability")
-    probs = loaded.predict_proba(pixels, svc.settings.forward_threads)
-    child(IMAGES, loaded.model).inc(len(probs))
+    answer = svc.predictions.predict(model, pixels, version=version, alias=alias)
     if npy_answer:
-        return render_npy(loaded, probs)
-    return Response(render(loaded, probs, top_k), content_type="application/json")
+        return render_npy(answer)
+    return Response(render(answer, top_k), content_type="application/json")
 
 
 def wants_npy() -> bool:
@@ -252,19 +244,20 @@ def _query_top_k(query: Mapping[str, str]) -> int | None:
     return check_top_k(value)
 
 
-def render_npy(loaded: LoadedModel, probs: np.ndarray) -> Response:
+def render_npy(answer: Prediction) -> Response:
     """Return the probabilities (N, 10) as a float32 .npy file; the model and version in headers."""
     buf = io.BytesIO()
-    np.save(buf, probs.astype(np.float32, copy=False), allow_pickle=False)
+    np.save(buf, answer.probabilities.astype(np.float32, copy=False), allow_pickle=False)
     response = Response(buf.getvalue(), mimetype="application/x-npy")
-    response.headers[MODEL_HEADER] = loaded.model
-    response.headers[VERSION_HEADER] = str(loaded.version)
+    response.headers[MODEL_HEADER] = answer.model
+    response.headers[VERSION_HEADER] = str(answer.version)
     return response
 
 
-def render(loaded: LoadedModel, probs: np.ndarray, top_k: int | None) -> bytes:
+def render(answer: Prediction, top_k: int | None) -> bytes:
     """Return the JSON response: a label and 10 probabilities per image (and the top k when asked)."""
-    labels = probs.argmax(axis=1).tolist()
+    probs = answer.probabilities
+    labels = answer.labels.tolist()
     if top_k is None:
         # orjson writes each float32 row straight from the array, at its shortest exact repr.
         predictions = [{"label": lab, "probabilities": row} for lab, row in zip(labels, probs, strict=True)]
@@ -279,5 +272,5 @@ def render(loaded: LoadedModel, probs: np.ndarray, top_k: int | None) -> bytes:
             }
             for lab, row, ks, ps in zip(labels, probs, order.tolist(), best, strict=True)
         ]
-    payload = {"model": loaded.model, "model_version": loaded.version, "predictions": predictions}
+    payload = {"model": answer.model, "model_version": answer.version, "predictions": predictions}
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -21,21 +21,19 @@ from typing import Any
 import numpy as np
 import orjson
 from flask import Response, request
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
-from services.api.auth import check_predict_token
-from services.api.bodies import request_body
-from services.api.context import services
-from services.api.health import readiness
-from services.api.metrics import IMAGES, child
 from services.predictor import decode
-from services.predictor.cache import REDIS_ERRORS, LoadedModel
-from services.predictor.v1 import error_docs
+from services.serving.service import Prediction
+from services.web.auth import check_predict_token
+from services.web.blueprint import Blueprint
+from services.web.bodies import request_body
+from services.web.context import services
+from services.web.errors import error_docs
+from services.web.health import readiness
 from shared import __version__ as VERSION
 from shared import mlp
 from shared.errors import InvalidInput, ServiceUnavailable
-from shared.registry import check_name, check_version
 
 blp = Blueprint("predict_v2", __name__, description="V2 inference protocol (KServe / Triton), binary tensors")
 
@@ -243,22 +241,9 @@ def _json(payload: dict[str, Any], status: int = 200) -> Response:
 
 
 def _metadata(model: str, version: int | None) -> dict[str, Any]:
-    check_name(model)
-    svc = services()
-    try:
-        if version is None:
-            versions = [r.version for r in svc.registry.versions(model)]
-        else:
-            svc.registry.record(model, check_version(version))
-            versions = [version]
-    except REDIS_ERRORS:
-        held = svc.cache.held(model)  # Redis is away: describe what this process can serve
-        if not held or (version is not None and version not in held):
-            raise ServiceUnavailable(f"the registry does not answer and {model} is not in memory") from None
-        versions = held if version is None else [version]
     return {
         "name": model,
-        "versions": [str(v) for v in versions],
+        "versions": [str(v) for v in services().predictions.versions(model, version)],
         "platform": PLATFORM,
         "inputs": INPUTS_METADATA,
         "outputs": OUTPUTS_METADATA,
@@ -267,7 +252,7 @@ def _metadata(model: str, version: int | None) -> dict[str, Any]:
 
 def _model_ready(model: str, version: int | None) -> Response:
     try:
-        loaded = services().cache.get(model, version=version)
+        loaded = services().predictions.model(model, version=version)
     except ServiceUnavailable as exc:
         return _json({"name": model, "ready": False, "error": exc.message}, 400)
     return _json({"name": model, "version": str(loaded.version), "ready": True})
@@ -292,10 +277,8 @@ def _infer(model: str, version: int | None) -> Response:
     if used != len(binary):
         raise InvalidInput(f"the body carries {len(binary)} bytes of binary data; the inputs declare {used}")
     outputs = _requested_outputs(body.get("outputs"), params)
-    loaded = svc.cache.get(model, version=version)
-    probs = loaded.predict_proba(pixels, svc.settings.forward_threads)
-    child(IMAGES, loaded.model).inc(len(probs))
-    return _respond(loaded, request_id, probs, outputs)
+    answer = svc.predictions.predict(model, pixels, version=version)
+    return _respond(answer, request_id, outputs)
 
 
 def _split(body: bytes) -> tuple[bytes, memoryview]:
@@ -383,11 +366,9 @@ def _requested_outputs(outputs: object, params: dict[str, Any]) -> list[tuple[st
     return chosen
 
 
-def _respond(
-    loaded: LoadedModel, request_id: str | None, probs: np.ndarray, outputs: list[tuple[str, bool]]
-) -> Response:
+def _respond(answer: Prediction, request_id: str | None, outputs: list[tuple[str, bool]]) -> Response:
     """Return the inference response: JSON, or JSON then raw tensors when any output is binary."""
-    tensors = {"probabilities": probs, "label": probs.argmax(axis=1)}
+    tensors = {"probabilities": answer.probabilities, "label": answer.labels}
     described: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, binary in outputs:
@@ -401,7 +382,7 @@ def _respond(
         else:
             entry["data"] = array.ravel()
         described.append(entry)
-    payload: dict[str, Any] = {"model_name": loaded.model, "model_version": str(loaded.version)}
+    payload: dict[str, Any] = {"model_name": answer.model, "model_version": str(answer.version)}
     if request_id is not None:
         payload["id"] = request_id
     payload["outputs"] = described

@@ -2,7 +2,7 @@
 
 - Every non-GET operation of /openapi.json answers 401 without a token and 403 with a wrong one
   (the server also has a predict token, so that the predict routes are guarded too).
-- `services/api/auth.py` compares tokens with `hmac.compare_digest` (a code check), and the
+- `services/web/auth.py` compares tokens with `hmac.compare_digest` (a code check), and the
   timing of wrong tokens does not depend on how much of the token they share (a sanity check).
 - A Redis password in REDIS_URL works end to end: a private `redis-server --requirepass`, a
   server and a worker on `redis://:pw@…`: a job trains and publishes, the version predicts.
@@ -32,7 +32,7 @@ import pytest
 import redis
 import requests
 
-from services.api import auth
+from services.web import auth
 from shared import datasets
 from shared.config import Settings
 from shared.errors import InvalidInput
@@ -113,7 +113,7 @@ def test_tokens_are_compared_in_constant_time() -> None:
         and isinstance(node.func.value, ast.Name)
         and node.func.value.id in ("hmac", "secrets")
     ]
-    assert calls, "services/api/auth.py must compare tokens with hmac.compare_digest"
+    assert calls, "services/web/auth.py must compare tokens with hmac.compare_digest"
     # No token, header or expected value is ever compared with == or !=.
     suspicious = {"token", "expected", "header"}
     for node in ast.walk(tree):

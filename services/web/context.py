@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import redis
 from flask import current_app
 
+from services.serving.service import PredictionService
 from shared.config import Settings
 from shared.dataset_store import DatasetStore
 from shared.jobs import Jobs
 from shared.keys import Keys
 from shared.registry import Registry
-
-if TYPE_CHECKING:
-    from services.predictor.cache import ModelCache
 
 #: Key of the services in `app.extensions`.
 EXTENSION = "mnist"
@@ -31,7 +28,7 @@ class Services:
     registry: Registry
     jobs: Jobs
     datasets: DatasetStore
-    cache: ModelCache
+    predictions: PredictionService
 
 
 def services() -> Services:

@@ -1,9 +1,13 @@
 """The HTTP service: `create_app(config=None)` builds the Flask app (served by gunicorn).
 
+It joins the layers of services/: the prediction service (`serving`), the HTTP plumbing (`web`),
+and the blueprints of `api` (jobs, registry, datasets, evaluation, dashboard) and `predictor`
+(v1, V2), which never import each other.
+
 Settings come from their defaults, then the environment (`Settings.from_env`), then `config`:
 lower-case keys override `Settings` fields, upper-case keys go to `app.config` as they are.
-Redis, the registry, the jobs queue, the dataset store and the model cache live in
-``app.extensions["mnist"]`` (see context.py); one blueprint per resource.
+Redis, the registry, the jobs queue, the dataset store and the prediction service live in
+``app.extensions["mnist"]`` (see web/context.py); one blueprint per resource.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from flask_smorest import Api
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from services.api import errors, metrics
-from services.api.context import EXTENSION, Services
+from services.api import dashboard, datasets, evaluation, jobs, models
+from services.predictor import v1, v2
+from services.serving.service import PredictionService
+from services.web import errors, health, metrics
+from services.web.context import EXTENSION, Services
 from shared import __version__
 from shared.config import Settings
 from shared.dataset_store import DatasetStore
@@ -67,16 +74,11 @@ def _settings(config: Mapping[str, Any] | None) -> Settings:
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Return the configured app; refuses to start without MNIST_API_TOKEN outside development."""
-    from services.predictor import cache as model_cache
-    from services.predictor import v1, v2
-
-    from . import dashboard, datasets, evaluation, health, jobs, models
-
     settings = _settings(config)
     if settings.role not in ("all", "predictor"):
         raise RuntimeError(f"MNIST_ROLE={settings.role!r}: expected 'all' or 'predictor'")
     settings.require_token()
-    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app = Flask(__name__, static_folder=None)  # the dashboard blueprint serves /static
     app.config.update(DEFAULTS)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config.update({k: v for k, v in (config or {}).items() if k.isupper()})
@@ -90,7 +92,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     keys = Keys(settings.key_prefix)
     registry = Registry(conn, keys, retention=settings.retention)
-    cache = model_cache.ModelCache(registry, settings)
+    predictions = PredictionService(registry, settings)
     app.extensions[EXTENSION] = Services(
         settings=settings,
         redis=conn,
@@ -98,7 +100,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         registry=registry,
         jobs=Jobs(conn, settings),
         datasets=DatasetStore(conn, keys),
-        cache=cache,
+        predictions=predictions,
     )
 
     api = Api(app)
@@ -116,5 +118,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
 
     if app.config["MODEL_WATCHER"]:
-        cache.start()
+        predictions.start()
     return app

@@ -6,11 +6,11 @@ from typing import Any
 
 import redis
 from flask import Response
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
-from services.api import metrics
-from services.api.context import services
+from services.web import metrics
+from services.web.blueprint import Blueprint
+from services.web.context import services
 
 blp = Blueprint("health", __name__, description="Health checks and metrics")
 
@@ -36,8 +36,7 @@ def redis_ok() -> bool:
 
 def readiness() -> dict[str, Any]:
     """Return readiness: ready when Redis answers or at least one model is loaded, and why not."""
-    cache = services().cache
-    status = cache.status()
+    status = services().predictions.status()
     up = redis_ok()
     loaded = any(m.get("version") for m in status.values())
     problems = [f"{name}: {m['error']}" for name, m in status.items() if m.get("error")]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from services.api.metrics import MODEL_VERSION, RELOAD_SECONDS, RELOADS
+from services.serving.metrics import MODEL_VERSION, RELOAD_SECONDS, RELOADS
 from shared import mlp, serialization
 from shared.config import Settings
 from shared.errors import (

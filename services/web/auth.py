@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import request
+from flask_smorest import Blueprint
 
-from services.api.context import services
+from services.web.context import services
 from shared.config import Settings
 from shared.errors import Forbidden, Unauthorized
 
@@ -46,3 +47,15 @@ def check_predict_token(settings: Settings | None = None) -> None:
     expected = (settings or services().settings).predict_token
     if expected:
         _check(expected)
+
+
+def write_access(blp: Blueprint) -> Callable[[F], F]:
+    """Require the API token on a route and document it (bearerAuth, 401, 403)."""
+
+    def decorator(view: F) -> F:
+        guarded = write_token_required(view)
+        guarded = blp.alt_response(401, response="UNAUTHORIZED")(guarded)
+        guarded = blp.alt_response(403, response="FORBIDDEN")(guarded)
+        return blp.doc(security=[{"bearerAuth": []}])(guarded)
+
+    return decorator

@@ -31,6 +31,12 @@ def error_response(code: int, message: str, errors: Any = None, headers: dict | 
     return response
 
 
+def error_docs(errors: dict[int, str]) -> dict[str, Any]:
+    """Return OpenAPI responses for `errors` (code -> why), all in the Error schema."""
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {str(code): {"description": why, "content": content} for code, why in errors.items()}
+
+
 def _http(error: HTTPException) -> Response:
     data = getattr(error, "data", None) or {}
     errors = data.get("errors") or data.get("messages")

@@ -1,4 +1,7 @@
-"""Prometheus metrics, correct under several gunicorn worker processes.
+"""HTTP metrics and the /metrics response, correct under several gunicorn worker processes.
+
+The prediction service's own metrics (images, versions served, loads) are in
+`services.serving.metrics`; /metrics renders both.
 
 With `PROMETHEUS_MULTIPROC_DIR` set (gunicorn_conf.py and `mnist up` set it), each process
 writes its samples to files there and `/metrics` merges them; without it (tests with
@@ -11,7 +14,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -19,14 +21,14 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
+
+from services.serving.metrics import child
 
 REQUESTS = Counter(
     "mnist_http_requests_total", "HTTP requests by route, method and status", ["route", "method", "status"]
@@ -37,38 +39,6 @@ LATENCY = Histogram(
     ["route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-IMAGES = Counter("mnist_images_predicted_total", "Images classified, by model", ["model"])
-MODEL_VERSION = Gauge(
-    "mnist_model_version_served",
-    "Version each process serves by default for a model (0 = none loaded)",
-    ["model"],
-    multiprocess_mode="liveall",
-)
-RELOADS = Counter(
-    "mnist_model_reloads_total", "Model loads by outcome (ok, corrupt, error)", ["model", "outcome"]
-)
-RELOAD_SECONDS = Histogram(
-    "mnist_model_reload_duration_seconds",
-    "Time to fetch, verify, parse and warm up a model version, in seconds",
-    ["model"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
-
-
-_children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
-
-
-def child(metric: MetricWrapperBase, *labels: str) -> Any:
-    """Return `metric.labels(*labels)`, kept: labels() validates and locks on every call.
-
-    Label values are bounded (route templates, methods, statuses, the names of models that
-    answered), and so is this dict.
-    """
-    key = (metric, labels)
-    found = _children.get(key)
-    if found is None:
-        found = _children[key] = metric.labels(*labels)
-    return found
 
 
 class JobsCollector(Collector):
