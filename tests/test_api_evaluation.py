@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.app import create_app
 from services.api.evaluation import MAX_LIMIT, DatasetCache
+from services.app import create_app
 from shared import datasets, mlp, serialization
 from shared.dataset_store import DatasetStore
 from shared.errors import DatasetNotFound, InvalidInput
