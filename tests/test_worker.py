@@ -374,3 +374,10 @@ def test_a_stop_flag_set_before_the_first_step_stops_it(stack: Stack) -> None:
     reporter = JobReporter(job, stack.conn, stack.keys, stack.jobs.settings, run.trainer)
     result = run.trainer.run(on_progress=reporter.on_progress, should_stop=reporter.should_stop)
     assert not result.completed and result.iterations == 0
+
+
+def test_a_worker_takes_its_name_and_log_level_from_settings(stack: Stack) -> None:
+    # Lower case, as gunicorn takes it: the same MNIST_LOG_LEVEL serves both kinds of process.
+    process = stack.start("settings-named", MNIST_LOG_LEVEL="debug")  # returns once RQ knows the name
+    wait_for(lambda: "registering birth" in process.log(), 10, "the worker's debug log", 0.1, stack.logs)
+    assert stack.conn.exists("rq:worker:settings-named")

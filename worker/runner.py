@@ -86,9 +86,9 @@ def make_worker(settings: Settings, conn: redis.Redis, name: str | None = None) 
 def main() -> None:
     """Run one worker until SIGTERM/SIGINT (warm shutdown: the current job finishes)."""
     settings = Settings.from_env()
-    logging.basicConfig(
-        level=os.environ.get("MNIST_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s"
-    )
+    # logging knows level names in upper case only; gunicorn takes them in lower case.
+    level = settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
     conn = redis.Redis.from_url(settings.redis_url, retry=REDIS_RETRY)
-    worker = make_worker(settings, conn, name=os.environ.get("MNIST_WORKER_NAME"))
-    worker.work(logging_level=os.environ.get("MNIST_LOG_LEVEL", "INFO"))
+    worker = make_worker(settings, conn, name=settings.worker_name)
+    worker.work(logging_level=level)
