@@ -22,8 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from client import npy
-from shared import idx
+from shared.formats import idx, npy
 
 #: Pixels per image.
 PIXELS = 784
@@ -424,7 +423,7 @@ def _npz_arrays(zf: zipfile.ZipFile, path: Path) -> tuple[str, str | None]:
 
 
 def _npy_header(f: IO[bytes], path: Path, member: str) -> tuple[tuple[int, ...], bool, Any]:
-    """Read a .npy member's header (client/npy.py); return its shape, Fortran order and dtype descr."""
+    """Read a .npy member's header (shared.formats.npy); return its shape, Fortran order and descr."""
     try:
         shape, fortran, descr = npy.read_header(f)
     except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
@@ -440,7 +439,7 @@ def _numpy_dtype(descr: Any, path: Path, member: str) -> Any:
 
     try:
         dtype = np.lib.format.descr_to_dtype(descr)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, IndexError) as exc:  # IndexError: a descr of ()
         raise InputError(path, f"array {member}: not a valid .npy (descr {descr!r}: {exc})") from None
     if dtype.hasobject:
         raise InputError(path, f"array {member} holds Python objects: refused, never unpickled")

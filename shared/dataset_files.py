@@ -7,8 +7,8 @@ return `Splits` (x_train, y_train, x_test, y_test; the test pair None when the f
 .npz's arrays come as stored, integers of (n, 28, 28) or (n, 784) and (n,): their values are
 checked by `shared.datasets.make_dataset`, which builds the `Dataset`. Every reader checks a header
 before it allocates anything the header declares, and raises `DatasetError(path, problem)` for a
-bad file. Imports only the standard library and NumPy (and, of this project, `shared.idx` and
-`shared.errors`).
+bad file. Imports only the standard library and NumPy (and, of this project, `shared.formats`,
+which reads the IDX and .npy headers, and `shared.errors`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import os
 import posixpath
 import struct
 import tarfile
-import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Collection, Iterator
@@ -28,8 +27,8 @@ from typing import IO, NamedTuple, cast
 
 import numpy as np
 
-from shared import idx
 from shared.errors import DatasetError, DatasetNotFound
+from shared.formats import idx, npy
 
 PathLike = str | os.PathLike[str]
 
@@ -411,15 +410,10 @@ _NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 def _check_npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, key: str) -> None:
     """Check one member's .npy header: plain integers, a bounded shape, a size that matches."""
     with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise DatasetError(name, f"array {key!r}: unsupported .npy version {version}")
         try:
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        except (ValueError, SyntaxError, tokenize.TokenError) as exc:  # NumPy tokenizes headers
+            shape, _, descr = npy.read_header(f)
+            dtype = np.lib.format.descr_to_dtype(descr)
+        except (ValueError, TypeError, IndexError) as exc:  # descr_to_dtype(()) raises IndexError
             raise DatasetError(name, f"array {key!r}: bad .npy header ({exc})") from None
         offset = f.tell()
     if dtype.hasobject:

@@ -25,12 +25,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client import answers, cli, inputs, npy, predict
+from client import answers, cli, inputs, predict
 from client.answers import MODEL_HEADER, VERSION_HEADER
 from client.errors import ClientError
 from client.inputs import Batch, InputError
 from client.outputs import format_confusion
 from shared import mlp
+from shared.formats import npy
 from tests.client_fixtures import Stack, client_stack, dark_on_light, predict_locally, sample_digits
 from tests.datasets_fixtures import IMAGES_MAGIC, gz, idx_images, idx_labels
 from tests.live_fixtures import free_port
@@ -217,12 +218,13 @@ def test_idx_and_npz_are_predicted_without_numpy_or_requests(
     stack: Stack, data: Path, tmp_path: Path
 ) -> None:
     # The start-up is most of a 10,000-image run (bench/client.py): the command imports what it uses.
-    # Of the service's own package, only shared.idx (the IDX header check, standard library only).
+    # Of the service's own package, only shared.formats (file headers, standard library only).
     heavy = "numpy requests urllib3 PIL tqdm marshmallow orjson"
     code = (
         "import sys\nfrom client.cli import main\nstatus = main(sys.argv[1:])\n"
         f"heavy = {{m.split('.')[0] for m in sys.modules}} & set({heavy.split()!r})\n"
-        "own = {m for m in sys.modules if m.startswith('shared.')} - {'shared.idx'}\n"
+        "own = {m for m in sys.modules if m.startswith('shared.')}"
+        " - {'shared.formats', 'shared.formats.idx', 'shared.formats.npy'}\n"
         "print('imported', sorted(heavy | own))\n"
         "sys.exit(status)"
     )

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared import datasets, idx
+from shared import datasets
 from shared.dataset_files import read_csv, read_idx, read_idx_folder, read_npz
 from shared.errors import DatasetNotFound
+from shared.formats import idx
 from tests.datasets_fixtures import (
     TEST_IMAGES,
     TEST_LABELS,
