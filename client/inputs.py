@@ -8,8 +8,8 @@ a batch at a time. A file that cannot be read raises `InputError` naming it.
 
 IDX files and NPZ files of uint8 images already hold what the service reads (n × 784 bytes), so
 they are read without NumPy: the command starts faster. NumPy is imported for pictures, CSV
-files and NPZ files of other integer types only. Headers and a CSV's first line are read by
-`shared.formats`, which the dataset readers share.
+files and NPZ files of other integer types only. What a file is and what its headers declare is
+read by `shared.formats`, which the dataset readers share.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from shared.formats import csv, idx, npy
+from shared.formats import csv, idx, kinds, npy
 
 #: Pixels per image.
 PIXELS = 784
 #: Label of an image whose true label is not known.
 UNLABELLED = -1
 #: File endings read as images.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = kinds.SUFFIXES[kinds.IMAGE]
+#: Kinds of file read (shared/formats/kinds.py), as the name says; else as the first bytes show.
+KINDS = (kinds.IMAGE, kinds.IDX, kinds.IDX_LABELS, kinds.CSV, kinds.NPZ)
 #: Largest count an IDX or NPZ header may declare (images); a bigger one is a corrupt header.
 MAX_IMAGES = 100_000_000
 
@@ -112,24 +114,14 @@ def discover(paths: Sequence[str], on_error: Callable[[InputError], None]) -> li
 
 def kind_of(path: Path) -> str:
     """Return "image", "idx", "csv" or "npz" from the file's name, else from its first bytes."""
-    name = path.name.lower()
-    if name.endswith(IMAGE_SUFFIXES):
-        return "image"
-    if name.endswith((".csv", ".csv.gz")):
-        return "csv"
-    if name.endswith(".npz"):
-        return "npz"
-    if "idx1" in name:
+    # The name first, so that a file whose name says what it is is opened only to be read.
+    kind = kinds.of(path.name, accept=KINDS) or kinds.of(head=_head(path, kinds.HEAD_BYTES))
+    if kind == kinds.ZIP:
+        return "npz"  # a zip of IDX files is not read here: the NPZ reader says what it holds
+    if kind == kinds.IDX_LABELS:
         raise InputError(path, "an IDX labels file: give its images file (…-images-idx3-ubyte)")
-    if "idx3" in name or "ubyte" in name:
-        return "idx"
-    head = _head(path, 8)
-    if head.startswith((b"\x89PNG", b"\xff\xd8\xff")):
-        return "image"
-    if head.startswith(b"PK"):
-        return "npz"
-    if head[:4] == idx.IMAGES_MAGIC.to_bytes(4, "big"):
-        return "idx"
+    if kind in (kinds.IMAGE, kinds.IDX, kinds.CSV, kinds.NPZ):
+        return kind
     raise InputError(
         path, "unknown kind of file: expected .png, .jpg, IDX (…idx3-ubyte[.gz]), .csv[.gz] or .npz"
     )
@@ -259,7 +251,7 @@ def _head(path: Path, n: int) -> bytes:
 def _open(path: Path) -> IO[bytes]:
     try:
         f = open(path, "rb")  # noqa: SIM115 (returned open, closed by the caller)
-        if f.read(2) == b"\x1f\x8b":
+        if f.read(2) == kinds.GZIP_MAGIC:
             f.seek(0)
             return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
         f.seek(0)

@@ -28,7 +28,7 @@ from typing import IO, NamedTuple, cast
 import numpy as np
 
 from shared.errors import DatasetError, DatasetNotFound
-from shared.formats import csv, idx, npy
+from shared.formats import csv, idx, kinds, npy
 
 PathLike = str | os.PathLike[str]
 
@@ -85,7 +85,7 @@ def _maybe_gunzip(stream: IO[bytes]) -> IO[bytes]:
     pos = stream.tell()
     head = stream.read(2)
     stream.seek(pos)
-    if head != b"\x1f\x8b":
+    if head != kinds.GZIP_MAGIC:
         return stream
     return cast(IO[bytes], gzip.GzipFile(fileobj=stream, mode="rb"))
 
@@ -249,7 +249,7 @@ def read_idx_archive(stream: IO[bytes], name: str) -> Splits:
     stream.seek(0)
     with ExitStack() as stack:
         with reading(name):
-            if head.startswith(b"PK"):
+            if head.startswith(kinds.ZIP_MAGIC):
                 opener = _zip_opener(stack.enter_context(zipfile.ZipFile(stream)))
             else:
                 try:
@@ -440,7 +440,7 @@ def read_npz_stream(stream: IO[bytes], name: str) -> Splits:
     """
     head = stream.read(4)
     stream.seek(0)
-    if not head.startswith(b"PK"):
+    if not head.startswith(kinds.ZIP_MAGIC):
         raise DatasetError(name, "not an .npz file (not a zip archive)")
     with reading(name):
         with zipfile.ZipFile(stream) as zf:

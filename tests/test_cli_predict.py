@@ -224,7 +224,8 @@ def test_idx_and_npz_are_predicted_without_numpy_or_requests(
         "import sys\nfrom client.cli import main\nstatus = main(sys.argv[1:])\n"
         f"heavy = {{m.split('.')[0] for m in sys.modules}} & set({heavy.split()!r})\n"
         "own = {m for m in sys.modules if m.startswith('shared.')}"
-        " - {'shared.formats', 'shared.formats.csv', 'shared.formats.idx', 'shared.formats.npy'}\n"
+        " - {'shared.formats', 'shared.formats.csv', 'shared.formats.idx', 'shared.formats.kinds',"
+        " 'shared.formats.npy'}\n"
         "print('imported', sorted(heavy | own))\n"
         "sys.exit(status)"
     )
