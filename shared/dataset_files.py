@@ -7,8 +7,8 @@ return `Splits` (x_train, y_train, x_test, y_test; the test pair None when the f
 .npz's arrays come as stored, integers of (n, 28, 28) or (n, 784) and (n,): their values are
 checked by `shared.datasets.make_dataset`, which builds the `Dataset`. Every reader checks a header
 before it allocates anything the header declares, and raises `DatasetError(path, problem)` for a
-bad file. Imports only the standard library and NumPy (and, of this project, `shared.idx` and
-`shared.errors`).
+bad file. Imports only the standard library and NumPy (and, of this project, `shared.formats`,
+which reads the IDX and .npy headers and a CSV's first line, and `shared.errors`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import os
 import posixpath
 import struct
 import tarfile
-import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Collection, Iterator
@@ -28,8 +27,8 @@ from typing import IO, NamedTuple, cast
 
 import numpy as np
 
-from shared import idx
 from shared.errors import DatasetError, DatasetNotFound
+from shared.formats import csv, idx, kinds, npy
 
 PathLike = str | os.PathLike[str]
 
@@ -86,7 +85,7 @@ def _maybe_gunzip(stream: IO[bytes]) -> IO[bytes]:
     pos = stream.tell()
     head = stream.read(2)
     stream.seek(pos)
-    if head != b"\x1f\x8b":
+    if head != kinds.GZIP_MAGIC:
         return stream
     return cast(IO[bytes], gzip.GzipFile(fileobj=stream, mode="rb"))
 
@@ -250,7 +249,7 @@ def read_idx_archive(stream: IO[bytes], name: str) -> Splits:
     stream.seek(0)
     with ExitStack() as stack:
         with reading(name):
-            if head.startswith(b"PK"):
+            if head.startswith(kinds.ZIP_MAGIC):
                 opener = _zip_opener(stack.enter_context(zipfile.ZipFile(stream)))
             else:
                 try:
@@ -318,18 +317,14 @@ def _loadtxt(lines: list[str]) -> np.ndarray:
     return np.loadtxt(lines, delimiter=",", dtype=np.uint8, ndmin=2, comments=None)
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def parse_csv(
     raw: bytes | bytearray, name: str, *, label_last: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Parse label + 784 pixel columns (header optional) into (n, 784) and (n,) uint8."""
+    """Parse a label and 784 pixel columns (header optional) into (n, 784) and (n,) uint8.
+
+    The label is first, or last when `label_last`, when a header's last column is `label`, or
+    when a headerless file's first column is all zero and its last is not (shared.formats.csv).
+    """
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -339,16 +334,17 @@ def parse_csv(
         lines.pop()
     if not lines:
         raise DatasetError(name, "empty file")
-    columns = lines[0].count(",") + 1
-    if columns == PIXELS:
+    layout = csv.sniff(lines[0])
+    if layout.columns == PIXELS:
         raise DatasetError(
             name,
             "line 1: 784 columns, pixels without a label column (like Kaggle's test.csv): "
             "not a training set; expected 785 columns, a label and 784 pixels",
         )
-    if columns != PIXELS + 1:
-        raise DatasetError(name, f"line 1: {columns} columns; expected 785 (label + 784 pixels)")
-    start = 0 if _is_number(lines[0].split(",")[0]) else 1  # Kaggle's header: label,pixel0,...
+    if layout.columns != PIXELS + 1:
+        raise DatasetError(name, f"line 1: {layout.columns} columns; expected 785 (label + 784 pixels)")
+    start = int(layout.header)  # Kaggle's header: label,pixel0,...
+    label_last = label_last or layout.label == PIXELS
     data = lines[start:]
     if not data:
         raise DatasetError(name, "a header and no rows")
@@ -359,6 +355,8 @@ def parse_csv(
     # NumPy skips blank lines; a row count short of the line count means one sits in the middle.
     if table is None or table.shape != (len(data), PIXELS + 1):
         raise _csv_error(data, start, name, label_last)
+    if not (label_last or layout.header):
+        label_last = csv.label_last(table[:, 0].tolist(), table[:, -1].tolist())
     label_col = PIXELS if label_last else 0
     y = np.ascontiguousarray(table[:, label_col])
     x = np.ascontiguousarray(table[:, :PIXELS] if label_last else table[:, 1:])
@@ -411,15 +409,10 @@ _NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 def _check_npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, key: str) -> None:
     """Check one member's .npy header: plain integers, a bounded shape, a size that matches."""
     with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise DatasetError(name, f"array {key!r}: unsupported .npy version {version}")
         try:
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        except (ValueError, SyntaxError, tokenize.TokenError) as exc:  # NumPy tokenizes headers
+            shape, _, descr = npy.read_header(f)
+            dtype = np.lib.format.descr_to_dtype(descr)
+        except (ValueError, TypeError, IndexError) as exc:  # descr_to_dtype(()) raises IndexError
             raise DatasetError(name, f"array {key!r}: bad .npy header ({exc})") from None
         offset = f.tell()
     if dtype.hasobject:
@@ -447,7 +440,7 @@ def read_npz_stream(stream: IO[bytes], name: str) -> Splits:
     """
     head = stream.read(4)
     stream.seek(0)
-    if not head.startswith(b"PK"):
+    if not head.startswith(kinds.ZIP_MAGIC):
         raise DatasetError(name, "not an .npz file (not a zip archive)")
     with reading(name):
         with zipfile.ZipFile(stream) as zf:

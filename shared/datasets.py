@@ -28,6 +28,7 @@ from shared import dataset_files
 from shared.config import Settings
 from shared.dataset_files import CHUNK_BYTES, IDX_FILES, PIXELS, PathLike
 from shared.errors import DatasetError, DatasetNotFound, InvalidInput
+from shared.formats import kinds
 
 #: Class names of the digit datasets, by label.
 DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -427,12 +428,12 @@ def _read_path(path: Path, name: str) -> Dataset:
                 "and friends), mnist.npz or train.csv",
             )
         return replace(ds, name=name)
-    lower = path.name.lower()
-    if lower.endswith(".npz"):
+    kind = kinds.of(path.name, accept=(kinds.NPZ, kinds.CSV, kinds.IDX_ARCHIVE, kinds.ZIP))
+    if kind == kinds.NPZ:
         return replace(read_npz(path), name=name)
-    if lower.endswith((".csv", ".csv.gz")):
+    if kind == kinds.CSV:
         return make_dataset(name, *dataset_files.read_csv(path), source=str(path))
-    if lower.endswith((".zip", ".tar", ".tar.gz", ".tgz")):
+    if kind in (kinds.IDX_ARCHIVE, kinds.ZIP):  # a .zip named so is an archive: an NPZ is named .npz
         with dataset_files.reading(name), open(path, "rb") as f:
             return make_dataset(name, *dataset_files.read_idx_archive(f, name), source=str(path))
     raise DatasetError(

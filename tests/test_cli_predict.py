@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client import answers, cli, inputs, npy, predict
+from client import answers, cli, inputs, predict
 from client.answers import MODEL_HEADER, VERSION_HEADER
 from client.errors import ClientError
 from client.inputs import Batch, InputError
@@ -217,12 +217,13 @@ def test_idx_and_npz_are_predicted_without_numpy_or_requests(
     stack: Stack, data: Path, tmp_path: Path
 ) -> None:
     # The start-up is most of a 10,000-image run (bench/client.py): the command imports what it uses.
-    # Of the service's own package, only shared.idx (the IDX header check, standard library only).
+    # Of the service's own package, only shared.formats (file kinds and headers, standard library only).
     heavy = "numpy requests urllib3 PIL tqdm marshmallow orjson"
+    formats = {"shared.formats", *(f"shared.formats.{m}" for m in ("csv", "idx", "kinds", "npy"))}
     code = (
         "import sys\nfrom client.cli import main\nstatus = main(sys.argv[1:])\n"
         f"heavy = {{m.split('.')[0] for m in sys.modules}} & set({heavy.split()!r})\n"
-        "own = {m for m in sys.modules if m.startswith('shared.')} - {'shared.idx'}\n"
+        f"own = {{m for m in sys.modules if m.startswith('shared.')}} - {formats!r}\n"
         "print('imported', sorted(heavy | own))\n"
         "sys.exit(status)"
     )
@@ -387,36 +388,6 @@ def test_readers_report_truncated_and_mislabelled_files(tmp_path: Path) -> None:
     assert "786 columns" in problems["wide.csv"]
     assert "float32" in problems["floats.npz"]
     assert inputs.labels_path(tmp_path / "pair-images-idx3-ubyte") == tmp_path / "pair-labels-idx1-ubyte"
-
-
-def test_npy_headers_are_read_as_numpy_reads_them() -> None:
-    cases = [
-        (np.zeros((3, 28, 28), np.uint8), None),
-        (np.arange(5, dtype=">i8"), None),
-        (np.asfortranarray(np.ones((2, 784), "<f4")), None),
-        (np.arange(4, dtype=np.uint16), (2, 0)),
-        (np.zeros(2, [("ünïcode", "<i2")]), (3, 0)),  # a version 3.0 header is UTF-8
-    ]
-    for array, version in cases:
-        buf = io.BytesIO()
-        np.lib.format.write_array(buf, array, version=version)
-        buf.seek(0)
-        shape, fortran, descr = npy.read_header(buf)
-        assert (shape, fortran) == (array.shape, np.isfortran(array))
-        assert np.lib.format.descr_to_dtype(descr) == array.dtype
-        if npy.kind_of(descr) is not None:
-            assert npy.read_array(buf, descr, array.size).tolist() == array.ravel(order="K").tolist()
-    assert npy.has_objects(np.lib.format.dtype_to_descr(np.dtype(object)))
-    assert npy.has_objects(np.lib.format.dtype_to_descr(np.dtype([("a", "<i4"), ("b", "O")])))
-    assert not npy.has_objects("<f8") and npy.kind_of("<c16") is None
-    for header in (
-        b"{'descr': '|u1', 'shape': (1,)}",
-        b"__import__('os').getcwd()",
-        b"{'descr': '|u1', " * 9,
-    ):
-        raw = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
-        with pytest.raises(ValueError):
-            npy.read_header(io.BytesIO(raw))
 
 
 def test_npz_files_of_other_types_are_read_or_refused_by_name(tmp_path: Path) -> None:

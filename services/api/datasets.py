@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import threading
 import zipfile
-import zlib
 from typing import Any
 
 from flask import request, url_for
@@ -24,16 +23,15 @@ from services.web.bodies import request_body
 from services.web.context import services
 from shared import datasets
 from shared.errors import DatasetExists, InvalidInput, PayloadTooLarge
+from shared.formats import kinds
 from shared.registry import check_name
 
 blp = Blueprint("datasets", __name__, url_prefix="/v1/datasets", description="Built-in and uploaded datasets")
 
 #: Upload formats implied by a Content-Type alone.
 CONTENT_TYPES = {"text/csv": "csv", "application/csv": "csv", "application/x-npz": "npz"}
-#: Upload formats implied by a file name's ending (multipart uploads).
-EXTENSIONS = {".npz": "npz", ".csv": "csv", ".csv.gz": "csv", ".tar": "idx", ".tar.gz": "idx", ".tgz": "idx"}
-#: Bytes of a gzip stream inflated to recognise a tar inside (its header is 512 bytes).
-SNIFF_BYTES = 512
+#: Upload formats (`datasets.parse_bytes`' kinds) by the file kinds that a name or bytes show.
+UPLOAD_FORMATS = {kinds.NPZ: "npz", kinds.CSV: "csv", kinds.IDX_ARCHIVE: "idx"}
 #: Uploads are read one at a time in each process. A compressed body of a few hundred KB may
 #: inflate to MAX_IMAGES images, about 770 MB while it is read and stored: one at a time, a
 #: process needs that once, not once for each of its request threads.
@@ -52,22 +50,16 @@ def _uploaded(info: dict[str, Any]) -> dict[str, Any]:
     return {**info, "kind": "uploaded", "available": True, "default": False}
 
 
-def _sniff(data: bytes) -> str:
-    """Guess the format of an upload from its first bytes (see the module docstring)."""
-    if data[:2] == b"PK":
+def _sniff(data: bytes, filename: str | None) -> str:
+    """Return the format of an upload from its file name, else its bytes (see the module docstring)."""
+    kind = kinds.of(filename or "", data, accept=UPLOAD_FORMATS)
+    if kind == kinds.ZIP:
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                names = [n for n in zf.namelist() if not n.endswith("/")]
+                kind = kinds.of_zip(zf.namelist())
         except zipfile.BadZipFile:
             return "idx"  # the IDX reader names the problem
-        return "npz" if names and all(n.endswith(".npy") for n in names) else "idx"
-    head = data
-    if data[:2] == b"\x1f\x8b":
-        try:
-            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[: 64 * 1024], SNIFF_BYTES)
-        except zlib.error:
-            return "csv"  # the CSV reader names the problem
-    return "idx" if head[257:262] == b"ustar" else "csv"
+    return UPLOAD_FORMATS.get(kind or "", "csv")  # anything else: the CSV reader names the problem
 
 
 def _kind(data: bytes, requested: str | None, filename: str | None) -> str:
@@ -75,11 +67,7 @@ def _kind(data: bytes, requested: str | None, filename: str | None) -> str:
         return requested
     if request.mimetype in CONTENT_TYPES:
         return CONTENT_TYPES[request.mimetype]
-    lower = (filename or "").lower()
-    for ending, kind in sorted(EXTENSIONS.items(), key=lambda e: -len(e[0])):
-        if lower.endswith(ending):
-            return kind
-    return _sniff(data)
+    return _sniff(data, filename)
 
 
 def _read_upload(limit: int) -> tuple[bytes, str | None]:

@@ -19,6 +19,7 @@ import simdjson
 
 from shared import mlp
 from shared.errors import InvalidInput, PayloadTooLarge
+from shared.formats import npy
 
 #: Pixel value conventions: "uint8" means 0–255 (the default), "unit" means already divided by 255.
 PIXEL_RANGES = ("uint8", "unit")
@@ -130,14 +131,9 @@ def from_npy(body: bytes, prange: str, max_batch: int) -> np.ndarray:
     """Return scaled rows from a .npy file (uint8, int or float; (N, 784) or (N, 28, 28)); never unpickle."""
     stream = io.BytesIO(body)
     try:
-        major, _ = np.lib.format.read_magic(stream)
-        if major == 1:
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif major == 2:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f"unsupported .npy format version {major}")
-    except ValueError as exc:
+        shape, fortran, descr = npy.read_header(stream)
+        dtype = np.lib.format.descr_to_dtype(descr)
+    except (ValueError, TypeError, IndexError) as exc:  # descr_to_dtype(()) raises IndexError
         # np.load would read anything without the magic as a pickle: it is refused here first.
         raise InvalidInput(f"the body is not a valid .npy file ({exc}); pickles are refused") from None
     if dtype.hasobject or dtype.names is not None or dtype.kind not in NUMERIC_KINDS:

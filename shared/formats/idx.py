@@ -1,8 +1,9 @@
 """IDX headers, MNIST's file format: the one check that `mnist predict` and the dataset loaders share.
 
 An IDX file starts with a magic number (0x0803: unsigned bytes in 3 dimensions, images; 0x0801:
-in 1 dimension, labels), then each dimension as a big-endian uint32, then the bytes. Standard
-library only: `mnist predict` imports this module when it starts.
+in 1 dimension, labels), then each dimension as a big-endian uint32, then the bytes. What comes
+in is a function reading n bytes of the file; what comes out is the count its header declares,
+or `IdxError` naming what is wrong. Standard library only: `mnist predict` imports it at start-up.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
-LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+#: Magic number of an IDX images file: unsigned bytes in 3 dimensions (count, 28, 28).
+IMAGES_MAGIC = 0x00000803
+#: Magic number of an IDX labels file: unsigned bytes in 1 dimension (count).
+LABELS_MAGIC = 0x00000801
 _WHAT = {IMAGES_MAGIC: "images", LABELS_MAGIC: "labels"}
 
 

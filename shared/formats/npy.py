@@ -2,8 +2,12 @@
 
 A header is read by np.lib.format's rules: the magic string, version 1.0, 2.0 or 3.0, then a
 Python dict literal (descr, fortran_order, shape) read with ast.literal_eval, which evaluates
-literals only. Importing NumPy takes longer than `mnist predict` needs to read 10,000 images, so
-the command reads the common types itself: uint8 pixels, integer labels, float32 answers.
+literals only. What comes in is a binary file positioned at the start of the .npy; what comes
+out is (shape, fortran_order, descr), the file left at the first data byte, or ValueError naming
+the problem. This is the one .npy header reader: `mnist predict` reads the common types itself
+(uint8 pixels, integer labels, float32 answers), because importing NumPy takes longer than the
+command needs to read 10,000 images; NumPy-side readers turn the descr into a dtype with
+`np.lib.format.descr_to_dtype`.
 """
 
 from __future__ import annotations
@@ -35,18 +39,22 @@ def read_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, Any]:
     version = (magic[6], magic[7])
     if version not in ((1, 0), (2, 0), (3, 0)):
         raise ValueError(f"unsupported .npy version {version}")
-    length = int.from_bytes(f.read(2 if version == (1, 0) else 4), "little")
-    if length > 4 * MAX_HEADER:
-        raise ValueError(f"a header of {length:,} bytes")
+    size = 2 if version == (1, 0) else 4
+    declared = f.read(size)
+    length = int.from_bytes(declared, "little")
+    if len(declared) < size:
+        raise ValueError("the header is truncated")
+    if length > 4 * MAX_HEADER:  # a UTF-8 character is at most 4 bytes
+        raise ValueError(f"a header of {length:,} bytes; at most {MAX_HEADER:,} characters are read")
     raw = f.read(length)
     if len(raw) < length:
         raise ValueError("the header is truncated")
-    text = raw.decode("utf8" if version == (3, 0) else "latin1")
+    text = raw.decode("utf8" if version == (3, 0) else "latin1")  # UnicodeDecodeError is a ValueError
     if len(text) > MAX_HEADER:
-        raise ValueError(f"a header of {len(text):,} characters")
+        raise ValueError(f"a header of {len(text):,} characters; at most {MAX_HEADER:,} are read")
     try:
         header = ast.literal_eval(text)
-    except (SyntaxError, MemoryError, RecursionError) as exc:
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as exc:  # TypeError: {[]: 0}
         raise ValueError(f"cannot parse the header {text.strip()[:80]!r}") from exc
     if not isinstance(header, dict) or header.keys() != {"descr", "fortran_order", "shape"}:
         raise ValueError(f"the header is not a dict of descr, fortran_order and shape: {text.strip()[:80]!r}")
