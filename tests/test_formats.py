@@ -11,7 +11,6 @@ import io
 import re
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from tests.datasets_fixtures import (
     idx_images,
     idx_labels,
     npz_bytes,
+    tar_bytes,
     zip_bytes,
 )
 
@@ -296,16 +296,6 @@ def test_kinds_by_name(name: str, kind: str | None) -> None:
     assert kinds.of(name) == kind
 
 
-def tar_of(files: dict[str, bytes], mode: str = "w:gz") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tf:  # type: ignore[call-overload]
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def png() -> bytes:
     from PIL import Image
 
@@ -323,8 +313,8 @@ def test_kinds_by_first_bytes() -> None:
         npz_bytes(x_train=x, y_train=y): kinds.ZIP,
         zip_bytes(idx_pair): kinds.ZIP,
         b"PK": kinds.ZIP,
-        tar_of(idx_pair, "w"): kinds.IDX_ARCHIVE,
-        tar_of(idx_pair): kinds.IDX_ARCHIVE,
+        tar_bytes(idx_pair, "w"): kinds.IDX_ARCHIVE,
+        tar_bytes(idx_pair): kinds.IDX_ARCHIVE,
         idx_images(x): kinds.IDX,
         gz(idx_images(x)): kinds.IDX,
         idx_labels(y): kinds.IDX_LABELS,
@@ -343,7 +333,7 @@ def test_kinds_by_first_bytes() -> None:
 
 def test_kinds_ask_the_name_first_then_the_bytes_for_a_kind_not_accepted() -> None:
     x, y = digits(3)
-    archive = tar_of(idx_files(x, y))
+    archive = tar_bytes(idx_files(x, y))
     assert kinds.of("mnist.csv", archive) == kinds.CSV  # the name wins
     assert kinds.of("mnist.zip", archive) == kinds.ZIP
     assert kinds.of("mnist.zip", archive, accept=(kinds.CSV, kinds.IDX_ARCHIVE)) == kinds.IDX_ARCHIVE
@@ -368,8 +358,8 @@ def test_upload_formats_come_from_the_name_else_the_bytes() -> None:
         (None, npz, "npz"),
         (None, idx_zip, "idx"),
         (None, b"PK\x03\x04 broken", "idx"),  # the IDX reader names the problem
-        (None, tar_of(idx_files(x, y)), "idx"),
-        (None, tar_of(idx_files(x, y), "w"), "idx"),
+        (None, tar_bytes(idx_files(x, y)), "idx"),
+        (None, tar_bytes(idx_files(x, y), "w"), "idx"),
         (None, text, "csv"),
         (None, gz(text), "csv"),
         (None, idx_images(x), "csv"),  # one IDX file is not a dataset: the CSV reader says so
