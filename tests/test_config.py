@@ -259,35 +259,27 @@ def test_other_documented_defaults_agree_with_settings() -> None:
     assert wrong == []
 
 
+def shared_config(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m shared.config ARGS` in the repository; return what it did."""
+    command = [sys.executable, "-m", "shared.config", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
 def test_python_m_shared_config_prints_the_table_and_writes_it_into_a_document(tmp_path: Path) -> None:
-    printed = subprocess.run(
-        [sys.executable, "-m", "shared.config"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    printed = shared_config()
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout == render_table()
 
     doc = tmp_path / "deploy.md"
     doc.write_text(f"# Title\n\nBefore.\n\n{TABLE_BEGIN}\n| stale |\n{TABLE_END}\n\nAfter.\n")
-    wrote = subprocess.run(
-        [sys.executable, "-m", "shared.config", "--write", str(doc)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    wrote = shared_config("--write", str(doc))
     assert wrote.returncode == 0, wrote.stderr
     assert doc.read_text() == f"# Title\n\nBefore.\n\n{TABLE_BEGIN}\n{render_table()}{TABLE_END}\n\nAfter.\n"
     assert update_document(doc.read_text()) == doc.read_text()  # regenerating again changes nothing
 
     plain = tmp_path / "plain.md"
     plain.write_text("# No table here\n")
-    refused = subprocess.run(
-        [sys.executable, "-m", "shared.config", "--write", str(plain)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = shared_config("--write", str(plain))
     assert refused.returncode == 1
     assert f"no {TABLE_BEGIN}" in refused.stderr and "Traceback" not in refused.stderr
     assert plain.read_text() == "# No table here\n"
