@@ -12,30 +12,13 @@ from tqdm import tqdm
 
 from client.outputs import format_confusion
 from shared import datasets, mlp, pipeline, serialization
+from shared.spec import FIELDS
 from shared.training import Progress
-
-SPEC_FLAGS = (
-    "dataset",
-    "recipe",
-    "hidden",
-    "optimizer",
-    "learning_rate",
-    "batch_size",
-    "epochs",
-    "iterations",
-    "seed",
-    "weight_decay",
-    "validation_fraction",
-    "schedule",
-    "augment",
-    "patience",
-    "dtype",
-)
 
 
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Return the raw training spec that the flags describe (unset flags left out)."""
-    return {k: getattr(args, k) for k in SPEC_FLAGS if getattr(args, k, None) is not None}
+    return {f.name: getattr(args, f.name) for f in FIELDS if getattr(args, f.name, None) is not None}
 
 
 def train(args: argparse.Namespace) -> int:

@@ -22,11 +22,13 @@ from typing import Any, Literal
 import numpy as np
 
 from shared import augment, mlp
+from shared.spec import OPTIMIZERS, SCHEDULES
 
+# The spelled-out choices of shared.spec, for the type checker (a test keeps them equal).
 Optimizer = Literal["gd", "sgd", "momentum", "adam"]
 Schedule = Literal["constant", "cosine"]
-OPTIMIZERS: tuple[str, ...] = ("gd", "sgd", "momentum", "adam")
-SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+Augmentation = Literal["none", "shift", "affine"]
+DType = Literal["float32", "float64"]
 #: Bytes of a training process before it holds any data: the interpreter, NumPy and the worker's
 #: modules (an RQ work horse measured 73–79 MiB). Part of `estimate_memory`.
 RUNTIME_BYTES = 96 * 2**20
@@ -57,14 +59,14 @@ class TrainConfig:
     #: L2 penalty on weights (not biases); decoupled (AdamW) with Adam.
     weight_decay: float = 0.0
     init: mlp.Init = "he"
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: DType = "float32"
     seed: int = 0
     #: Share of the training images held out for validation (0 = none).
     validation_fraction: float = 0.0
     #: Epochs without a better validation accuracy before stopping (0 = never stop early).
     patience: int = 0
     #: Augmentation: "none", "shift" (whole pixels) or "affine" (shift, rotation, scale).
-    augment: Literal["none", "shift", "affine"] = "none"
+    augment: Augmentation = "none"
     max_shift: float = 0.0
     max_rotation: float = 0.0
     max_scale: float = 0.0
