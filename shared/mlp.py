@@ -191,13 +191,3 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: int = CLAS
     """Return counts (classes, classes) of integer labels: row = true label, column = predicted."""
     cells = y_true.astype(np.intp) * classes + y_pred.astype(np.intp)
     return np.bincount(cells, minlength=classes * classes).reshape(classes, classes)
-
-
-def accuracy(params: Params, x: np.ndarray, y: np.ndarray, batch: int = 8192) -> float:
-    """Return the fraction of x (m, 784), scaled, classified as y, in batches of `batch` rows."""
-    if len(y) == 0:
-        return float("nan")
-    correct = 0
-    for start in range(0, len(y), batch):
-        correct += int((predict(params, x[start : start + batch]) == y[start : start + batch]).sum())
-    return correct / len(y)

@@ -7,6 +7,7 @@ way wherever it runs; they differ only in how they report progress and where the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from shared import datasets, mlp
+from shared import datasets, mlp, scoring
 from shared.errors import InvalidInput
 from shared.recipes import make_config
 from shared.schemas import TrainingSpecSchema
@@ -87,19 +88,24 @@ def prepare(
 def evaluate(run: Run, result: TrainResult) -> dict[str, Any]:
     """Return the final metrics: accuracies of the trained model on train, validation and test."""
     t = run.trainer
+    scaled = functools.partial(mlp.predict_proba, result.params)  # the trainer holds scaled pixels
     metrics = result.metrics()
-    metrics["train_accuracy"] = mlp.accuracy(result.params, t.x_train, t.y_train)
-    metrics["val_accuracy"] = mlp.accuracy(result.params, t.x_val, t.y_val) if len(t.y_val) else None
+    metrics["train_accuracy"] = _accuracy(scaled, t.x_train, t.y_train)
+    metrics["val_accuracy"] = _accuracy(scaled, t.x_val, t.y_val)
     d = run.dataset
-    if d.x_test is not None and d.y_test is not None and len(d.y_test):
-        x_test = mlp.scale_pixels(d.x_test, t.dtype)
-        metrics["test_accuracy"] = mlp.accuracy(result.params, x_test, d.y_test.astype(np.intp))
+    if d.x_test is not None and d.y_test is not None:
+        metrics["test_accuracy"] = _accuracy(scoring.predictor(result.params), d.x_test, d.y_test)
     else:
         metrics["test_accuracy"] = None
     metrics["train_size"] = int(len(t.y_train))
     metrics["val_size"] = int(len(t.y_val))
     metrics["test_size"] = 0 if d.y_test is None else int(len(d.y_test))
     return metrics
+
+
+def _accuracy(predict_proba: scoring.PredictProba, x: np.ndarray, y: np.ndarray) -> float | None:
+    """Return the share of x (n, 784) classified as y (n,); None without images."""
+    return scoring.score(y, scoring.classify(predict_proba, x).argmax(axis=1)).accuracy
 
 
 def model_meta(run: Run, result: TrainResult, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -32,7 +32,7 @@ DType = Literal["float32", "float64"]
 #: Bytes of a training process before it holds any data: the interpreter, NumPy and the worker's
 #: modules (an RQ work horse measured 73–79 MiB). Part of `estimate_memory`.
 RUNTIME_BYTES = 96 * 2**20
-#: Rows of one forward pass when a whole set's accuracy is measured (`mlp.accuracy`'s batch).
+#: Rows of one forward pass when a whole set is scored (`shared.scoring.classify`'s batch).
 EVAL_ROWS = 8192
 
 

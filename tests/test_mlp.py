@@ -140,7 +140,7 @@ def test_predict_proba_equals_forward_in_either_layout(rows: int) -> None:
 @pytest.mark.parametrize("sizes", [(784, 10, 10), (784, 32, 16, 10)])
 def test_predict_proba_rows_sum_to_one_and_predict_is_their_argmax(sizes: tuple[int, ...]) -> None:
     params = mlp.init_params(sizes, np.random.default_rng(4), "uniform")
-    x, y = batch(50, dtype=np.float32)
+    x, _ = batch(50, dtype=np.float32)
     proba = mlp.predict_proba(params, x)
     assert proba.shape == (50, 10) and proba.dtype == np.float32
     assert (proba >= 0).all()
@@ -150,7 +150,6 @@ def test_predict_proba_rows_sum_to_one_and_predict_is_their_argmax(sizes: tuple[
     np.testing.assert_allclose(proba, mlp.forward(params, x).probabilities, rtol=1e-5, atol=1e-7)
     labels = mlp.predict(params, x)
     np.testing.assert_array_equal(labels, proba.argmax(axis=1))
-    assert mlp.accuracy(params, x, y, batch=7) == pytest.approx(float((labels == y).mean()))
     assert mlp.layer_sizes(params) == sizes
 
 
