@@ -222,6 +222,7 @@ def test_the_schema_fields_are_the_spec_fields() -> None:
 def test_the_choices_are_the_spec_choices() -> None:
     assert tuple(RECIPES) == spec.RECIPE_NAMES
     assert tuple(DEFAULT_LEARNING_RATES) == spec.OPTIMIZERS
+    assert tuple(training.OPTIMIZER_SLOTS) == spec.OPTIMIZERS
     assert tuple(AUGMENT_DEFAULTS) == spec.AUGMENTATIONS
     # TrainConfig's Literal types spell the same choices out for the type checker.
     assert typing.get_args(training.Optimizer) == spec.OPTIMIZERS
