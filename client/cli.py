@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from client.errors import flatten
+from shared.spec import FIELDS, LENGTH_FIELDS
 
 #: Exit status of a command that failed for a reason it explains.
 EXIT_ERROR = 1
@@ -37,23 +38,23 @@ def _hidden(text: str) -> list[int]:
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
-    """Add the flags of a training spec (the fields of shared.schemas.TrainingSpecSchema)."""
-    p.add_argument("--dataset", default="mnist-sample", help="built-in name or path (default: mnist-sample)")
-    p.add_argument("--recipe", choices=["seed", "default"], help="named defaults (see docs/recipes.md)")
-    p.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 256 or 256,128")
-    p.add_argument("--optimizer", choices=["gd", "sgd", "momentum", "adam"])
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--batch-size", type=int, help="images per step; 0 = full batch")
+    """Add the flags of a training spec, one per field of shared.spec.FIELDS.
+
+    Every flag defaults to unset (None): TrainingSpecSchema fills in the spec's defaults, and
+    `mnist train` can tell a --model it was given from one it was not.
+    """
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int)
-    length.add_argument("--iterations", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--validation-fraction", type=float)
-    p.add_argument("--schedule", choices=["constant", "cosine"])
-    p.add_argument("--augment", choices=["none", "shift", "affine"])
-    p.add_argument("--patience", type=int, help="early stopping: epochs without improvement")
-    p.add_argument("--dtype", choices=["float32", "float64"])
+    for field in FIELDS:
+        text = field.flag_help or field.help or None
+        if field.default is not None:
+            text = f"{text} (default: {field.default})"
+        where = length if field.name in LENGTH_FIELDS else p
+        if field.items is not None:
+            where.add_argument(field.flag, type=_hidden, help=text)
+        elif field.choices:
+            where.add_argument(field.flag, choices=field.choices, help=text)
+        else:
+            where.add_argument(field.flag, type=field.kind, help=text)
 
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
@@ -107,7 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print one final JSON line")
     train.add_argument("--url", help="train on this service instead: submit a job and follow it")
     train.add_argument("--token", help="with --url: bearer token (default: $MNIST_API_TOKEN)")
-    train.add_argument("--model", help="with --url: registry name to publish under (default: mnist)")
     train.add_argument(
         "--cancel-on-interrupt", action="store_true", help="with --url: Ctrl-C cancels the job too"
     )

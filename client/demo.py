@@ -19,14 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import requests
 
 from client.api import Client
 from client.outputs import format_confusion
 from client.remote import _follow
 from client.up import free_port
-from shared import datasets, mlp
+from shared import datasets, scoring
 
 #: Seconds the stack may take to answer /readyz.
 START_TIMEOUT = 90.0
@@ -111,11 +110,11 @@ def demo(args: argparse.Namespace) -> int:
                 sample.x_test, model=args.model, version=version, batch_size=len(sample.y_test)
             )
             seconds = time.perf_counter() - started
-        truth = sample.y_test.astype(np.intp)
-        accuracy = float((prediction.labels == truth).mean())
-        cm = mlp.confusion_matrix(truth, prediction.labels)
-        print(f"     accuracy {100 * accuracy:.2f} % on digits it never saw ({seconds * 1000:.0f} ms)")
-        print(format_confusion(cm))
+        figures = scoring.score(sample.y_test, prediction.labels)
+        assert figures.accuracy is not None  # the sample's test split holds 1,000 digits
+        shown = f"{100 * figures.accuracy:.2f} %"
+        print(f"     accuracy {shown} on digits it never saw ({seconds * 1000:.0f} ms)")
+        print(format_confusion(figures.confusion))
         print(
             "4/4  where to look next (`make up` keeps the stack running):\n"
             f"     dashboard     {url}/            models, live training curves, draw a digit\n"

@@ -11,31 +11,14 @@ import numpy as np
 from tqdm import tqdm
 
 from client.outputs import format_confusion
-from shared import datasets, mlp, pipeline, serialization
+from shared import datasets, pipeline, scoring, serialization
+from shared.spec import FIELDS
 from shared.training import Progress
-
-SPEC_FLAGS = (
-    "dataset",
-    "recipe",
-    "hidden",
-    "optimizer",
-    "learning_rate",
-    "batch_size",
-    "epochs",
-    "iterations",
-    "seed",
-    "weight_decay",
-    "validation_fraction",
-    "schedule",
-    "augment",
-    "patience",
-    "dtype",
-)
 
 
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Return the raw training spec that the flags describe (unset flags left out)."""
-    return {k: getattr(args, k) for k in SPEC_FLAGS if getattr(args, k, None) is not None}
+    return {f.name: getattr(args, f.name) for f in FIELDS if getattr(args, f.name, None) is not None}
 
 
 def train(args: argparse.Namespace) -> int:
@@ -102,29 +85,25 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.split in ("train", "all"):
         parts.append((data.x_train, data.y_train))
     x = np.concatenate([p[0] for p in parts])
-    y = np.concatenate([p[1] for p in parts]).astype(np.intp)
-    dtype = params[0].dtype
-    pred = np.concatenate(
-        [mlp.predict(params, mlp.scale_pixels(x[i : i + 8192], dtype)) for i in range(0, len(y), 8192)]
-    )
-    cm = mlp.confusion_matrix(y, pred)
+    y = np.concatenate([p[1] for p in parts])
+    figures = scoring.score(y, scoring.classify(scoring.predictor(params), x).argmax(axis=1))
     report = {
         "model": args.model,
         "dataset": data.name,
         "dataset_digest": data.digest,
         "split": args.split,
-        "images": int(len(y)),
-        "accuracy": float((pred == y).mean()),
-        "per_class_accuracy": [float(cm[i, i] / max(1, cm[i].sum())) for i in range(mlp.CLASSES)],
-        "confusion_matrix": cm.tolist(),
+        "images": figures.count,
+        "accuracy": figures.accuracy,
+        "per_class_accuracy": figures.per_class,  # null for a class the split does not hold
+        "confusion_matrix": figures.confusion.tolist(),
         "trained_on": meta.get("dataset", {}).get("name"),
     }
     if args.json:
         print(json.dumps(report))
         return 0
-    accuracy = 100 * report["accuracy"]
-    print(f"{args.model} on {data.name} ({args.split}, {len(y)} images): accuracy {accuracy:.2f} %")
-    print(format_confusion(cm))
+    accuracy = "-" if figures.accuracy is None else f"{100 * figures.accuracy:.2f} %"
+    print(f"{args.model} on {data.name} ({args.split}, {figures.count} images): accuracy {accuracy}")
+    print(format_confusion(figures.confusion))
     return 0
 
 

@@ -110,7 +110,3 @@ class ServiceUnavailable(MnistError):
     """Redis is unreachable and nothing held in memory can answer."""
 
     status = 503
-
-
-class TrainingStopped(Exception):
-    """Raised inside the training loop's caller when a stop was requested between steps."""

@@ -24,11 +24,9 @@ from rq.serializers import JSONSerializer
 from shared import datasets
 from shared.config import Settings
 from shared.dataset_store import DatasetStore
-from shared.errors import InvalidInput, JobNotFound, MnistError
+from shared.errors import JobNotFound, MnistError
 from shared.keys import Keys
-from shared.recipes import make_config
-from shared.schemas import spec_to_config_fields
-from shared.training import estimate_memory
+from shared.pipeline import plan
 
 #: The job function, by import path (RQ's JSON serializer stores it as a string).
 TRAIN_FUNCTION = "worker.tasks.train"
@@ -82,22 +80,6 @@ class Jobs:
         self.keys = Keys(settings.key_prefix)
         self.queue = Queue(settings.queue, connection=conn, serializer=JSONSerializer)
 
-    def check_memory(self, spec: dict[str, Any]) -> None:
-        """Raise InvalidInput when the spec would need more memory than a job may take."""
-        config = make_config(spec.get("recipe"), dataset=spec["dataset"], **spec_to_config_fields(spec))
-        size = self.dataset_size(spec["dataset"])
-        if size is None:
-            return  # unknown until the worker reads it; the worker checks again
-        need = estimate_memory(config, size)
-        budget = self.settings.max_job_memory_mb * 2**20
-        if need > budget:
-            raise InvalidInput(
-                f"this job needs about {need / 2**20:,.0f} MiB, above the"
-                f" {self.settings.max_job_memory_mb} MiB budget of a job: use fewer or smaller hidden"
-                " layers or a smaller batch_size",
-                {"batch_size": ["too large for the memory budget"]},
-            )
-
     def dataset_size(self, name: str) -> int | None:
         """Return the training-set size of a built-in or uploaded dataset, or None if unknown."""
         known = datasets.BUILTIN_TRAIN_SIZES.get(name)
@@ -111,9 +93,10 @@ class Jobs:
     def submit(self, spec: dict[str, Any]) -> Job:
         """Enqueue a validated spec; return the RQ job (retried up to `job_retries` times if its worker dies).
 
-        The memory pre-check runs first (InvalidInput when the spec would exceed the budget).
+        The spec is planned first (`shared.pipeline.plan`): InvalidInput when it cannot run, or
+        would exceed the memory budget of a job on a dataset whose size is known here.
         """
-        self.check_memory(spec)
+        plan(spec, self.dataset_size(spec["dataset"]), self.settings.max_job_memory_mb * 2**20)
         job = self.queue.enqueue(
             TRAIN_FUNCTION,
             spec,

@@ -81,7 +81,3 @@ class Keys:
     def dataset_blob(self, name: str) -> str:
         """String: an uploaded dataset as compressed .npz bytes."""
         return f"{self.prefix}dataset:{name}:blob"
-
-    def all_pattern(self) -> str:
-        """Glob matching every key of this prefix (for tests' cleanup)."""
-        return f"{self.prefix}*"

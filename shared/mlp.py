@@ -66,11 +66,18 @@ def layer_sizes(params: Params) -> tuple[int, ...]:
     return (params[0].shape[1],) + tuple(w.shape[0] for w in params[0::2])
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Return row-wise softmax of logits (m, k); never overflows (the row max is subtracted)."""
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    e /= e.sum(axis=1, keepdims=True)
-    return e
+def softmax(z: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return the row-wise softmax P (m, k) of logits z (m, k), and each row's normaliser (m, 1).
+
+    z is shifted in place by its row max, so exp never overflows and z is left holding the
+    shifted logits a loss needs; the normaliser Σ exp(shifted) is then at least 1, so its log is
+    finite. P is written into `out` when given (z itself: a softmax without one more array).
+    """
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z, out=out)
+    norm = p.sum(axis=1, keepdims=True)
+    p /= norm
+    return p, norm
 
 
 @dataclass
@@ -105,10 +112,7 @@ def forward(params: Params, x: np.ndarray) -> Forward:
             np.maximum(z, 0, out=z)  # ReLU in place: ReLU′(Z) is then A > 0
             a = z
             activations.append(a)
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    norm = p.sum(axis=1, keepdims=True)
-    p /= norm
+    p, norm = softmax(z)
     activations.append(p)
     return Forward(activations, z, np.log(norm[:, 0]))
 
@@ -145,12 +149,6 @@ def backward(params: Params, fwd: Forward, y: np.ndarray, scale: float = 1.0) ->
     return grads
 
 
-def loss_and_gradients(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
-    """Return the mean cross-entropy on (x, y) and its gradients with respect to params."""
-    fwd = forward(params, x)
-    return cross_entropy(fwd, y), backward(params, fwd, y)
-
-
 #: Batch sizes [low, high) whose layers run as W·Aᵀ (the tutorial's column layout) instead of A·Wᵀ.
 #: OpenBLAS multiplies a few rows by a large transposed weight matrix up to twice as slowly as
 #: the same product by columns: through 784-512-10, 3 images took 365 µs by rows and 221 µs by
@@ -176,10 +174,7 @@ def predict_proba(params: Params, x: np.ndarray, columns: bool | None = None) ->
         np.maximum(a, 0, out=a)
     z = a @ params[-2].T
     z += params[-1]
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
+    return softmax(z, out=z)[0]
 
 
 def predict(params: Params, x: np.ndarray) -> np.ndarray:
@@ -191,13 +186,3 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: int = CLAS
     """Return counts (classes, classes) of integer labels: row = true label, column = predicted."""
     cells = y_true.astype(np.intp) * classes + y_pred.astype(np.intp)
     return np.bincount(cells, minlength=classes * classes).reshape(classes, classes)
-
-
-def accuracy(params: Params, x: np.ndarray, y: np.ndarray, batch: int = 8192) -> float:
-    """Return the fraction of x (m, 784), scaled, classified as y, in batches of `batch` rows."""
-    if len(y) == 0:
-        return float("nan")
-    correct = 0
-    for start in range(0, len(y), batch):
-        correct += int((predict(params, x[start : start + batch]) == y[start : start + batch]).sum())
-    return correct / len(y)

@@ -2,10 +2,12 @@
 
 `mnist train` (in-process) and the RQ worker both go through here, so a spec trains the same
 way wherever it runs; they differ only in how they report progress and where the model goes.
+`plan` (spec → config, memory checked) is also what the API runs at submit time.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from shared import datasets, mlp
+from shared import datasets, mlp, scoring
 from shared.errors import InvalidInput
 from shared.recipes import make_config
-from shared.schemas import TrainingSpecSchema, spec_to_config_fields
+from shared.schemas import TrainingSpecSchema
+from shared.spec import HYPERPARAMETERS
 from shared.training import Checkpoint, TrainConfig, Trainer, TrainResult, estimate_memory
 
 Uploaded = Callable[[str], "datasets.Dataset | None"]
@@ -37,6 +40,31 @@ def load_spec(raw: dict[str, Any]) -> dict[str, Any]:
     return TrainingSpecSchema().load(raw)
 
 
+def plan(spec: dict[str, Any], train_size: int | None = None, budget_bytes: int | None = None) -> TrainConfig:
+    """Return the config a validated spec trains with; InvalidInput if it cannot run.
+
+    The spec's recipe and explicit fields combine by `shared.recipes.make_config`. With the
+    training-set size (images) and a budget (bytes), a run estimated to need more memory is
+    refused; when the size is unknown (the API has not seen the data), the check waits for the
+    worker, which plans again once it has loaded the dataset.
+    """
+    fields = {k: v for k, v in spec.items() if k in HYPERPARAMETERS}
+    try:
+        config = make_config(spec.get("recipe"), dataset=spec["dataset"], **fields)
+    except ValueError as exc:  # a mix the schema cannot see: the seed recipe (gd) with a batch_size
+        raise InvalidInput(str(exc)) from None
+    if train_size is not None and budget_bytes is not None:
+        need = estimate_memory(config, train_size)
+        if need > budget_bytes:
+            raise InvalidInput(
+                f"this job needs about {need / 2**20:,.0f} MiB on {spec['dataset']}, above the"
+                f" {budget_bytes / 2**20:,.0f} MiB budget of a job: use fewer or smaller hidden"
+                " layers or a smaller batch_size",
+                {"batch_size": ["too large for the memory budget"]},
+            )
+    return config
+
+
 def prepare(
     spec: dict[str, Any],
     *,
@@ -45,21 +73,14 @@ def prepare(
     memory_budget: int | None = None,
     allow_paths: bool = True,
 ) -> Run:
-    """Load the spec's dataset and build its trainer, fresh or resumed from `checkpoint`.
+    """Load the spec's dataset, `plan` it, and build its trainer, fresh or resumed from `checkpoint`.
 
     With `memory_budget` (bytes), a run estimated to need more raises InvalidInput first.
     `allow_paths=False` (the worker) reads only built-in and uploaded datasets, never a file
     that a job spec names.
     """
-    config = make_config(spec.get("recipe"), dataset=spec["dataset"], **spec_to_config_fields(spec))
     data = datasets.load(spec["dataset"], uploaded=uploaded, allow_paths=allow_paths)
-    if memory_budget is not None:
-        need = estimate_memory(config, len(data.y_train))
-        if need > memory_budget:
-            raise InvalidInput(
-                f"this job needs about {need / 2**20:,.0f} MiB on {data.name}, above the"
-                f" {memory_budget / 2**20:,.0f} MiB budget of a job"
-            )
+    config = plan(spec, len(data.y_train), memory_budget)
     trainer = Trainer(config, data.x_train, data.y_train, checkpoint=checkpoint)
     return Run(spec, config, data, trainer)
 
@@ -67,19 +88,24 @@ def prepare(
 def evaluate(run: Run, result: TrainResult) -> dict[str, Any]:
     """Return the final metrics: accuracies of the trained model on train, validation and test."""
     t = run.trainer
+    scaled = functools.partial(mlp.predict_proba, result.params)  # the trainer holds scaled pixels
     metrics = result.metrics()
-    metrics["train_accuracy"] = mlp.accuracy(result.params, t.x_train, t.y_train)
-    metrics["val_accuracy"] = mlp.accuracy(result.params, t.x_val, t.y_val) if len(t.y_val) else None
+    metrics["train_accuracy"] = _accuracy(scaled, t.x_train, t.y_train)
+    metrics["val_accuracy"] = _accuracy(scaled, t.x_val, t.y_val)
     d = run.dataset
-    if d.x_test is not None and d.y_test is not None and len(d.y_test):
-        x_test = mlp.scale_pixels(d.x_test, t.dtype)
-        metrics["test_accuracy"] = mlp.accuracy(result.params, x_test, d.y_test.astype(np.intp))
+    if d.x_test is not None and d.y_test is not None:
+        metrics["test_accuracy"] = _accuracy(scoring.predictor(result.params), d.x_test, d.y_test)
     else:
         metrics["test_accuracy"] = None
     metrics["train_size"] = int(len(t.y_train))
     metrics["val_size"] = int(len(t.y_val))
     metrics["test_size"] = 0 if d.y_test is None else int(len(d.y_test))
     return metrics
+
+
+def _accuracy(predict_proba: scoring.PredictProba, x: np.ndarray, y: np.ndarray) -> float | None:
+    """Return the share of x (n, 784) classified as y (n,); None without images."""
+    return scoring.score(y, scoring.classify(predict_proba, x).argmax(axis=1)).accuracy
 
 
 def model_meta(run: Run, result: TrainResult, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:

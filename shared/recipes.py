@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from shared.spec import HYPERPARAMETERS
 from shared.training import TrainConfig
 
 RECIPES: dict[str, TrainConfig] = {
@@ -61,21 +62,6 @@ DATASET_ADJUSTMENTS: dict[tuple[str, str], dict[str, Any]] = {
 #: Learning rate taken when the optimizer is changed and no rate is given.
 DEFAULT_LEARNING_RATES = {"gd": 0.1, "sgd": 0.1, "momentum": 0.05, "adam": 1e-3}
 
-#: Fields a caller may set (the flags of `mnist train` and the fields of a job spec).
-HYPERPARAMETERS = (
-    "hidden",
-    "optimizer",
-    "learning_rate",
-    "batch_size",
-    "epochs",
-    "iterations",
-    "weight_decay",
-    "validation_fraction",
-    "schedule",
-    "augment",
-    "patience",
-    "dtype",
-)
 #: Fields that never switch a recipe's extras off (they do not change what is trained).
 NEUTRAL = ("seed",)
 #: What a recipe adds beyond the tutorial's loop, reset to "off" for plain runs.
@@ -104,7 +90,7 @@ def make_config(recipe: str | None = None, *, dataset: str | None = None, **fiel
     A field given as None counts as unset.
     """
     given = {k: v for k, v in fields.items() if v is not None}
-    unknown = set(given) - set(HYPERPARAMETERS) - set(NEUTRAL)
+    unknown = set(given) - set(HYPERPARAMETERS)
     if unknown:
         raise ValueError(f"unknown training fields: {sorted(unknown)}")
     name = recipe or "default"

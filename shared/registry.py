@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -28,9 +27,8 @@ from shared.errors import (
     VersionNotFound,
 )
 from shared.keys import Keys
+from shared.spec import valid_name
 
-#: Names of models and aliases: lowercase, URL- and key-safe, at most 64 characters.
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: The alias predictions use when no version is asked for.
 PRODUCTION = "production"
 #: Unaliased versions kept per model by default (see `Settings.retention`).
@@ -172,7 +170,7 @@ class VersionRecord:
 
 def check_name(name: object, what: str = "model") -> str:
     """Return `name` if it is a safe model or alias name, else raise InvalidInput."""
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+    if not valid_name(name):
         raise InvalidInput(
             f"invalid {what} name {name!r}: use 1-64 of a-z 0-9 . _ - starting with a letter or digit",
             {what: ["invalid name"]},

@@ -1,8 +1,9 @@
 """Marshmallow schemas shared by the command line, the HTTP API and the worker.
 
-`TrainingSpecSchema` is the one definition of a training job: the same field names as
-`mnist train`'s flags, with bounds that keep any one job inside a worker's memory budget
-(docs/limits.md). Both the CLI and `POST /v1/jobs` validate through it before anything runs.
+`TrainingSpecSchema` is generated from `shared.spec.FIELDS`, the one definition of a training
+job: the same field names as `mnist train`'s flags, with bounds that keep any one job inside a
+worker's memory budget (docs/reliability.md). Both the CLI and `POST /v1/jobs` validate through
+it before anything runs.
 """
 
 from __future__ import annotations
@@ -11,78 +12,68 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from shared.recipes import RECIPES
-from shared.training import OPTIMIZERS, SCHEDULES
-
-#: Largest hidden layer, in units.
-MAX_HIDDEN_UNITS = 2048
-#: Most hidden layers.
-MAX_HIDDEN_LAYERS = 4
-#: Most passes over the training set.
-MAX_EPOCHS = 500
-#: Most optimizer steps.
-MAX_ITERATIONS = 200_000
-#: Largest mini-batch, in images (0 means the whole training set).
-MAX_BATCH_SIZE = 8192
-#: Model and dataset names: lower-case, digits, ".", "_" and "-"; no path separators.
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-
-name_field = validate.Regexp(NAME_PATTERN, error="must match {regex}")  # formatted by marshmallow
+from shared.spec import FIELDS, LENGTH_FIELDS, NAME_PATTERN, Field, name_problem
 
 
-class TrainingSpecSchema(Schema):
+class RegistryName(validate.Validator):
+    """Refuse a string that is not a registry name (`shared.spec.valid_name`), saying why."""
+
+    #: Read by apispec: the OpenAPI document shows the pattern (JSON Schema searches, hence ^…$).
+    regex = NAME_PATTERN
+
+    def __call__(self, value: Any) -> Any:
+        problem = name_problem(value)
+        if problem is not None:
+            raise ValidationError(problem)
+        return value
+
+
+#: The validator of a model, alias or dataset name.
+name_field = RegistryName()
+
+
+def schema_field(f: Field) -> fields.Field:
+    """Return the marshmallow field of a spec field: its type, bounds, choices, default, description."""
+    checks: list[validate.Validator] = []
+    if f.choices:
+        checks.append(validate.OneOf(f.choices))
+    if f.length is not None:
+        checks.append(validate.Length(*f.length))
+    if f.registry_name:
+        checks.append(name_field)
+    if f.minimum is not None or f.maximum is not None:
+        checks.append(validate.Range(f.minimum, f.maximum, min_inclusive=not f.exclusive_minimum))
+    metadata = {"description": f.help} if f.help else {}
+    options: dict[str, Any] = {"load_default": f.default, "metadata": metadata}
+    if f.items is None:
+        return _typed(f.kind, validate=checks, **options)
+    # A list: the bounds apply to each item, `items` to the length of the list.
+    return fields.List(_typed(f.kind, validate=checks), validate=validate.Length(*f.items), **options)
+
+
+def _typed(kind: type, **options: Any) -> fields.Field:
+    """Return a marshmallow Integer, Float (finite) or String field."""
+    if kind is int:
+        return fields.Integer(**options)
+    if kind is float:
+        return fields.Float(allow_nan=False, **options)
+    return fields.String(**options)
+
+
+#: One marshmallow field per `shared.spec.Field` (a generated class: typed Any for subclassing).
+_SpecFields: Any = Schema.from_dict({f.name: schema_field(f) for f in FIELDS}, name="TrainingSpecFields")
+
+
+class TrainingSpecSchema(_SpecFields):
     """A training job: which model to publish, on which data, with which recipe and overrides."""
 
     class Meta:
         unknown = RAISE
 
-    model = fields.String(
-        load_default="mnist", validate=name_field, metadata={"description": "registry name to publish under"}
-    )
-    dataset = fields.String(
-        load_default="mnist-sample",
-        validate=validate.Length(1, 256),
-        metadata={"description": "built-in or uploaded dataset name (a path on the command line)"},
-    )
-    recipe = fields.String(
-        load_default=None,
-        allow_none=True,
-        validate=validate.OneOf(sorted(RECIPES)),
-        metadata={"description": "named defaults; without it, explicit fields run exactly as given"},
-    )
-    hidden = fields.List(
-        fields.Integer(validate=validate.Range(1, MAX_HIDDEN_UNITS)),
-        validate=validate.Length(1, MAX_HIDDEN_LAYERS),
-        load_default=None,
-        metadata={"description": "hidden layer sizes, e.g. [256, 128]"},
-    )
-    optimizer = fields.String(load_default=None, validate=validate.OneOf(OPTIMIZERS))
-    learning_rate = fields.Float(
-        load_default=None, validate=validate.Range(0, 10, min_inclusive=False), allow_nan=False
-    )
-    batch_size = fields.Integer(
-        load_default=None,
-        validate=validate.Range(0, MAX_BATCH_SIZE),
-        metadata={"description": "images per step; 0 = full batch"},
-    )
-    epochs = fields.Integer(load_default=None, validate=validate.Range(1, MAX_EPOCHS))
-    iterations = fields.Integer(load_default=None, validate=validate.Range(1, MAX_ITERATIONS))
-    seed = fields.Integer(load_default=None, validate=validate.Range(0, 2**32 - 1))
-    weight_decay = fields.Float(load_default=None, validate=validate.Range(0, 1), allow_nan=False)
-    validation_fraction = fields.Float(load_default=None, validate=validate.Range(0, 0.5), allow_nan=False)
-    schedule = fields.String(load_default=None, validate=validate.OneOf(SCHEDULES))
-    augment = fields.String(load_default=None, validate=validate.OneOf(("none", "shift", "affine")))
-    patience = fields.Integer(load_default=None, validate=validate.Range(0, MAX_EPOCHS))
-    dtype = fields.String(load_default=None, validate=validate.OneOf(("float32", "float64")))
-
     @validates_schema
     def _one_length(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("epochs") is not None and data.get("iterations") is not None:
-            raise ValidationError("give epochs or iterations, not both", "iterations")
+        first, second = LENGTH_FIELDS
+        if data.get(first) is not None and data.get(second) is not None:
+            raise ValidationError(f"give {first} or {second}, not both", second)
         if data.get("optimizer") == "gd" and data.get("batch_size") not in (None, 0):
             raise ValidationError("optimizer 'gd' is full-batch: batch_size must be 0", "batch_size")
-
-
-def spec_to_config_fields(spec: dict[str, Any]) -> dict[str, Any]:
-    """Return the hyperparameters of a loaded spec, for `shared.recipes.make_config`."""
-    return {k: v for k, v in spec.items() if k not in ("model", "dataset", "recipe")}

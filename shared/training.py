@@ -22,15 +22,19 @@ from typing import Any, Literal
 import numpy as np
 
 from shared import augment, mlp
+from shared.spec import OPTIMIZERS, SCHEDULES
 
+# The spelled-out choices of shared.spec, for the type checker (a test keeps them equal).
 Optimizer = Literal["gd", "sgd", "momentum", "adam"]
 Schedule = Literal["constant", "cosine"]
-OPTIMIZERS: tuple[str, ...] = ("gd", "sgd", "momentum", "adam")
-SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+Augmentation = Literal["none", "shift", "affine"]
+DType = Literal["float32", "float64"]
+#: Arrays of optimizer state per parameter array: momentum keeps a velocity, Adam two moments.
+OPTIMIZER_SLOTS: dict[str, int] = {"gd": 0, "sgd": 0, "momentum": 1, "adam": 2}
 #: Bytes of a training process before it holds any data: the interpreter, NumPy and the worker's
 #: modules (an RQ work horse measured 73–79 MiB). Part of `estimate_memory`.
 RUNTIME_BYTES = 96 * 2**20
-#: Rows of one forward pass when a whole set's accuracy is measured (`mlp.accuracy`'s batch).
+#: Rows of one forward pass when a whole set is scored (`shared.scoring.classify`'s batch).
 EVAL_ROWS = 8192
 
 
@@ -57,14 +61,14 @@ class TrainConfig:
     #: L2 penalty on weights (not biases); decoupled (AdamW) with Adam.
     weight_decay: float = 0.0
     init: mlp.Init = "he"
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: DType = "float32"
     seed: int = 0
     #: Share of the training images held out for validation (0 = none).
     validation_fraction: float = 0.0
     #: Epochs without a better validation accuracy before stopping (0 = never stop early).
     patience: int = 0
     #: Augmentation: "none", "shift" (whole pixels) or "affine" (shift, rotation, scale).
-    augment: Literal["none", "shift", "affine"] = "none"
+    augment: Augmentation = "none"
     max_shift: float = 0.0
     max_rotation: float = 0.0
     max_scale: float = 0.0
@@ -81,6 +85,11 @@ class TrainConfig:
             raise ValueError("validation_fraction must be in [0, 1)")
         if self.optimizer == "gd" and self.batch_size != 0:
             raise ValueError("optimizer 'gd' is full-batch: batch_size must be 0")
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Return the layer sizes: input, hidden…, output (e.g. (784, 10, 10))."""
+        return (mlp.INPUT_SIZE, *self.hidden, mlp.CLASSES)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as JSON-able values."""
@@ -199,13 +208,13 @@ def estimate_memory(config: TrainConfig, n_images: int) -> int:
     of the parameters and its model file), and a checkpoint (the state serialized to bytes).
     """
     item = np.dtype(config.dtype).itemsize
-    sizes = (mlp.INPUT_SIZE, *config.hidden, mlp.CLASSES)
+    sizes = config.sizes
     n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
     batch = n_images if config.batch_size <= 0 else min(config.batch_size, n_images)
     copies = 2 if config.augment != "none" else 1
     data = n_images * mlp.INPUT_SIZE * (1 + copies + item * copies) + batch * mlp.INPUT_SIZE * item
     row = sum(sizes[1:]) * item  # one image's activations
-    slots = {"gd": 0, "sgd": 0, "momentum": 1, "adam": 2}[config.optimizer]
+    slots = OPTIMIZER_SLOTS[config.optimizer]
     params = n_params * item
     state = params * (1 + slots + (1 if config.patience else 0))
     step = params + batch * row * 3
@@ -273,9 +282,8 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     def _fresh_state(self) -> Checkpoint:
         rng = np.random.default_rng([self.config.seed, 2])
-        sizes = (mlp.INPUT_SIZE, *self.config.hidden, mlp.CLASSES)
-        params = mlp.init_params(sizes, rng, self.config.init, self.dtype.type)
-        slots = {"gd": 0, "sgd": 0, "momentum": 1, "adam": 2}[self.config.optimizer]
+        params = mlp.init_params(self.config.sizes, rng, self.config.init, self.dtype.type)
+        slots = OPTIMIZER_SLOTS[self.config.optimizer]
         opt_state = [np.zeros_like(p) for p in params for _ in range(slots)]
         return Checkpoint(self.config, params, opt_state, 0, 0, 0, 0.0, 0, 0, 0.0)
 

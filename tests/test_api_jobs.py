@@ -141,6 +141,10 @@ def test_cancel_queued_then_running(live: Live, tmp_path: Path) -> None:
         ({"epochs": 2, "iterations": 10}, "iterations"),
         ({"optimizer": "rmsprop"}, "optimizer"),
         ({"model": "Bad/Name"}, "model"),
+        ({"model": "mnist\n"}, "model"),
+        ({"model": "a..b"}, "model"),
+        ({"dataset": "mnist-sample\n"}, "dataset"),
+        ({"dataset": "a..b"}, "dataset"),
         (
             {
                 "dataset": "fashion-mnist",
@@ -159,6 +163,14 @@ def test_jobs_that_cannot_succeed_are_refused(live: Live, spec: dict, field: str
     body = r.json()
     assert body["code"] == 400 and body["status"] == "Bad Request" and body["message"]
     assert field in body["errors"], body
+
+
+def test_a_spec_that_its_recipe_makes_impossible_is_refused(live: Live) -> None:
+    # The schema passes it (no optimizer given); the seed recipe's gd is full-batch. Planned at
+    # submit time, it is a 400 that says why, not an error of the service.
+    r = live.post("/v1/jobs", json={"recipe": "seed", "batch_size": 64}, headers=live.auth)
+    assert r.status_code == 400, r.text
+    assert r.json()["message"] == "optimizer 'gd' is full-batch: batch_size must be 0"
 
 
 def test_refused_jobs_publish_nothing(live: Live) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,8 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from marshmallow import validate
 
-from shared import serialization
+from client.cli import add_training_flags
+from shared import datasets, serialization
+from shared.schemas import TrainingSpecSchema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,6 +94,42 @@ def test_evaluate_reproduces_the_test_accuracy(trained: tuple[Path, dict[str, An
     cm = np.array(report["confusion_matrix"])
     assert cm.shape == (10, 10) and cm.sum() == 1000
     assert np.trace(cm) / 1000 == pytest.approx(report["accuracy"])
+
+
+def test_evaluate_gives_no_accuracy_for_a_class_it_never_saw(
+    trained: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    sample = datasets.load("mnist-sample")
+    assert sample.x_test is not None and sample.y_test is not None
+    keep = sample.y_test < 5  # digits 5-9 are not in this file
+    rows = np.column_stack([sample.y_test[keep], sample.x_test[keep]])
+    header = "label," + ",".join(f"pixel{i}" for i in range(784))
+    np.savetxt(tmp_path / "low.csv", rows, fmt="%d", delimiter=",", header=header, comments="")
+    path, _ = trained
+    flags = ("--model", str(path), "--dataset", "low.csv", "--split", "train", "--json")
+    report = last_json_line(mnist("evaluate", *flags, cwd=tmp_path))
+    assert report["images"] == int(keep.sum())
+    per_class = report["per_class_accuracy"]
+    assert per_class[5:] == [None] * 5  # null: not in the sample (0.0 would read as always wrong)
+    assert all(isinstance(a, float) and 0 <= a <= 1 for a in per_class[:5])
+    cm = np.array(report["confusion_matrix"])
+    assert [cm[c, c] / cm[c].sum() for c in range(5)] == per_class[:5]
+
+
+def test_the_training_flags_are_the_spec_fields() -> None:
+    parser = argparse.ArgumentParser()
+    add_training_flags(parser)
+    flags = {a.dest: a for a in parser._actions if a.dest != "help"}
+    schema = TrainingSpecSchema().fields
+    assert set(flags) == set(schema)
+    for name, action in flags.items():
+        assert action.option_strings == ["--" + name.replace("_", "-")]
+        assert action.default is None  # the schema fills in defaults: one place
+        one_of = [list(v.choices) for v in schema[name].validators if isinstance(v, validate.OneOf)]
+        assert ([list(action.choices)] if action.choices else []) == one_of
+    assert parser.parse_args(["--hidden", "256,128", "--learning-rate", "0.5"]).hidden == [256, 128]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--epochs", "2", "--iterations", "5"])  # argparse prints its usage error
 
 
 def test_datasets_lists_the_builtins(tmp_path: Path) -> None:

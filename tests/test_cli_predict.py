@@ -217,13 +217,15 @@ def test_idx_and_npz_are_predicted_without_numpy_or_requests(
     stack: Stack, data: Path, tmp_path: Path
 ) -> None:
     # The start-up is most of a 10,000-image run (bench/client.py): the command imports what it uses.
-    # Of the service's own package, only shared.formats (file kinds and headers, standard library only).
+    # Of the service's own package, only shared.formats (file kinds and headers) and shared.spec
+    # (the training flags every parser holds), both standard library only.
     heavy = "numpy requests urllib3 PIL tqdm marshmallow orjson"
-    formats = {"shared.formats", *(f"shared.formats.{m}" for m in ("csv", "idx", "kinds", "npy"))}
+    formats = ("csv", "idx", "kinds", "npy")
+    light = {"shared.spec", "shared.formats", *(f"shared.formats.{m}" for m in formats)}
     code = (
         "import sys\nfrom client.cli import main\nstatus = main(sys.argv[1:])\n"
         f"heavy = {{m.split('.')[0] for m in sys.modules}} & set({heavy.split()!r})\n"
-        f"own = {{m for m in sys.modules if m.startswith('shared.')}} - {formats!r}\n"
+        f"own = {{m for m in sys.modules if m.startswith('shared.')}} - {light!r}\n"
         "print('imported', sorted(heavy | own))\n"
         "sys.exit(status)"
     )

@@ -109,8 +109,9 @@ def test_submit_without_retries_sets_none(redis_client: redis.Redis, stack_env: 
 
 def test_submit_refuses_a_job_above_the_memory_budget(redis_client: redis.Redis, stack_env: StackEnv) -> None:
     small = Jobs(redis_client, make_settings(stack_env, max_job_memory_mb=1))
-    with pytest.raises(InvalidInput, match=r"MiB, above the 1 MiB budget"):
+    with pytest.raises(InvalidInput, match=r"MiB on mnist-sample, above the 1 MiB budget") as info:
         small.submit(spec())
+    assert info.value.errors == {"batch_size": ["too large for the memory budget"]}
     assert small.queue.count == 0
     assert redis_client.zcard(small.keys.jobs()) == 0
 

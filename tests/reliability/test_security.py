@@ -37,9 +37,8 @@ from shared import datasets
 from shared.config import Settings
 from shared.errors import InvalidInput
 from shared.jobs import Jobs
-from shared.pipeline import load_spec
-from shared.recipes import make_config
-from shared.schemas import MAX_BATCH_SIZE, MAX_HIDDEN_LAYERS, MAX_HIDDEN_UNITS, spec_to_config_fields
+from shared.pipeline import load_spec, plan
+from shared.spec import MAX_BATCH_SIZE, MAX_HIDDEN_LAYERS, MAX_HIDDEN_UNITS
 from shared.training import estimate_memory
 from tests.api_helpers import Live, cleanup, live_stack, new_env
 from tests.live_fixtures import ROOT, StackEnv, start_server, start_worker
@@ -332,9 +331,7 @@ FASHION_TRAIN = datasets.BUILTIN_TRAIN_SIZES["fashion-mnist"]
 
 
 def estimate(spec: dict[str, Any], n_images: int = FASHION_TRAIN) -> int:
-    loaded = load_spec({"dataset": "fashion-mnist", **spec})
-    config = make_config(loaded.get("recipe"), dataset=loaded["dataset"], **spec_to_config_fields(loaded))
-    return estimate_memory(config, n_images)
+    return estimate_memory(plan(load_spec({"dataset": "fashion-mnist", **spec})), n_images)
 
 
 def largest_accepted_spec(budget: int) -> dict[str, Any]:
@@ -376,14 +373,17 @@ def test_the_bounds_refuse_what_does_not_fit(
         "batch_size": 0,
         "iterations": 2,
     }
+    size = jobs.dataset_size("fashion-mnist")  # what Jobs.submit plans with
+
+    def submit_plan(hyper: dict[str, Any]) -> None:
+        plan(load_spec({"dataset": "fashion-mnist", **hyper}), size, budget)
+
     with pytest.raises(InvalidInput, match="budget"):
-        jobs.check_memory(load_spec({"dataset": "fashion-mnist", **full_batch}))
+        submit_plan(full_batch)
     worst = largest_accepted_spec(budget)
-    jobs.check_memory(load_spec({"dataset": "fashion-mnist", **worst}))  # accepted
+    submit_plan(worst)  # accepted
     with pytest.raises(InvalidInput, match="budget"):
-        jobs.check_memory(
-            load_spec({"dataset": "fashion-mnist", **worst, "batch_size": worst["batch_size"] + 64})
-        )
+        submit_plan({**worst, "batch_size": worst["batch_size"] + 64})
     figures.record(
         "memory_bounds",
         budget_mib=settings.max_job_memory_mb,
