@@ -180,9 +180,3 @@ def predict_proba(params: Params, x: np.ndarray, columns: bool | None = None) ->
 def predict(params: Params, x: np.ndarray) -> np.ndarray:
     """Return the most probable class (m,) for scaled inputs x (m, 784)."""
     return predict_proba(params, x).argmax(axis=1)
-
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: int = CLASSES) -> np.ndarray:
-    """Return counts (classes, classes) of integer labels: row = true label, column = predicted."""
-    cells = y_true.astype(np.intp) * classes + y_pred.astype(np.intp)
-    return np.bincount(cells, minlength=classes * classes).reshape(classes, classes)

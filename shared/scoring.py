@@ -67,9 +67,15 @@ class Score:
         }
 
 
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: int = mlp.CLASSES) -> np.ndarray:
+    """Return counts (classes, classes) of integer labels: row = true label, column = predicted."""
+    cells = y_true.astype(np.intp) * classes + y_pred.astype(np.intp)
+    return np.bincount(cells, minlength=classes * classes).reshape(classes, classes)
+
+
 def score(y_true: np.ndarray, y_pred: np.ndarray, classes: int = mlp.CLASSES) -> Score:
     """Score predicted labels y_pred (n,) against true labels y_true (n,), integers 0 to classes − 1."""
-    confusion = mlp.confusion_matrix(y_true, y_pred, classes)
+    confusion = confusion_matrix(y_true, y_pred, classes)
     totals = confusion.sum(axis=1)
     count = int(len(y_true))
     return Score(

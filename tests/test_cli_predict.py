@@ -30,7 +30,7 @@ from client.answers import MODEL_HEADER, VERSION_HEADER
 from client.errors import ClientError
 from client.inputs import Batch, InputError
 from client.outputs import format_confusion
-from shared import mlp
+from shared import scoring
 from tests.client_fixtures import Stack, client_stack, dark_on_light, predict_locally, sample_digits
 from tests.datasets_fixtures import IMAGES_MAGIC, gz, idx_images, idx_labels
 from tests.live_fixtures import free_port
@@ -166,7 +166,7 @@ def test_idx_with_labels_prints_accuracy_and_confusion_matrix(run, data: Path, t
         f"accuracy {100 * accuracy:.2f} % ({int(round(accuracy * 300))} of 300 labelled images)"
         in proc.stdout
     )
-    assert format_confusion(mlp.confusion_matrix(y[:300], predicted)) in proc.stdout
+    assert format_confusion(scoring.confusion_matrix(y[:300], predicted)) in proc.stdout
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"{gz}#0\t{predicted[0]}\t")
     assert lines[250].startswith(f"{dotted}#50\t{predicted[250]}\t")

@@ -64,7 +64,7 @@ def test_score_counts_accuracy_and_the_confusion_matrix() -> None:
     assert s.accuracy == 4 / 7
     assert s.confusion.shape == (10, 10) and s.confusion.sum() == 7
     assert s.confusion[0, 7] == 1 and s.confusion[9, 3] == 1 and s.confusion[3, 1] == 1  # row = true
-    np.testing.assert_array_equal(s.confusion, mlp.confusion_matrix(truth, predicted))
+    np.testing.assert_array_equal(s.confusion, scoring.confusion_matrix(truth, predicted))
     assert s.per_class[0] == 0.5 and s.per_class[3] == 2 / 3 and s.per_class[9] == 0.5
 
 
@@ -92,3 +92,14 @@ def test_to_dict_has_the_evaluation_keys() -> None:
     assert figures["confusion_matrix"] == np.eye(10, dtype=int).tolist()
     assert figures["per_class_accuracy"] == [1.0] * 10
     json.dumps(figures)  # plain JSON values
+
+
+def test_confusion_matrix_counts_true_rows_against_predicted_columns() -> None:
+    truth = np.array([0, 0, 9, 3, 9], dtype=np.uint8)  # uint8 labels, as datasets hold them
+    predicted = np.array([0, 7, 9, 3, 3])
+    cm = scoring.confusion_matrix(truth, predicted)
+    expected = np.zeros((10, 10), dtype=np.int64)
+    for t, p in zip(truth, predicted, strict=True):
+        expected[t, p] += 1
+    np.testing.assert_array_equal(cm, expected)
+    assert cm.sum() == 5 and cm.trace() == 3

@@ -23,7 +23,7 @@ from services.serving.cache import LoadedModel
 from services.web.auth import check_predict_token
 from services.web.blueprint import VALIDATION_STATUS, Blueprint
 from services.web.context import services
-from shared import datasets, mlp
+from shared import datasets, scoring
 from shared.dataset_store import DatasetStore
 from shared.errors import DatasetNotFound, InvalidInput
 from shared.schemas import name_field
@@ -153,18 +153,11 @@ def _split(ds: datasets.Dataset, split: str, limit: int) -> tuple[np.ndarray, np
 
 def evaluate(loaded: LoadedModel, x: np.ndarray, y: np.ndarray, max_wrong: int) -> dict[str, Any]:
     """Classify uint8 images x (n, 784) against labels y (n,); return the evaluation's figures."""
-    probs = np.concatenate([loaded.predict_proba(x[i : i + BATCH]) for i in range(0, len(y), BATCH)])
+    probs = scoring.classify(loaded.predict_proba, x, batch=BATCH)
     predicted = probs.argmax(axis=1)
-    confusion = mlp.confusion_matrix(y, predicted)
-    totals = confusion.sum(axis=1)
     wrong = np.flatnonzero(predicted != y)
     return {
-        "count": int(len(y)),
-        "accuracy": float((predicted == y).mean()),
-        "confusion_matrix": confusion.tolist(),
-        "per_class_accuracy": [
-            float(confusion[c, c] / totals[c]) if totals[c] else None for c in range(mlp.CLASSES)
-        ],
+        **scoring.score(y, predicted).to_dict(),
         "misclassified_count": int(wrong.size),
         "misclassified": [
             {
