@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from client.errors import flatten
 from shared.spec import FIELDS, LENGTH_FIELDS
@@ -55,6 +55,11 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
             where.add_argument(field.flag, choices=field.choices, help=text)
         else:
             where.add_argument(field.flag, type=field.kind, help=text)
+
+
+def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the raw training spec that the flags of `add_training_flags` describe (unset ones left out)."""
+    return {f.name: getattr(args, f.name) for f in FIELDS if getattr(args, f.name, None) is not None}
 
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:

@@ -10,15 +10,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from client.cli import spec_from_args
 from client.outputs import format_confusion
 from shared import datasets, pipeline, scoring, serialization
-from shared.spec import FIELDS
 from shared.training import Progress
-
-
-def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Return the raw training spec that the flags describe (unset flags left out)."""
-    return {f.name: getattr(args, f.name) for f in FIELDS if getattr(args, f.name, None) is not None}
 
 
 def train(args: argparse.Namespace) -> int:

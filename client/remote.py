@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from client.cli import spec_from_args
 from client.defaults import DEFAULT_URL
 from client.errors import ClientError
 
@@ -107,8 +108,6 @@ def bar_of(total: int | None, show: bool, unit: str = "img", desc: str = "predic
 @command
 def train(args: argparse.Namespace) -> int:
     """Submit a training job to the service and follow it through its event stream to its end."""
-    from client.local import spec_from_args
-
     spec = {**spec_from_args(args), "model": args.model or "mnist"}
     client = client_of(args)
     view = client.submit(spec)
