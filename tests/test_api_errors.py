@@ -117,6 +117,27 @@ def test_malformed_bodies(live: Live, data: bytes, content_type: str, status: in
 
 
 @pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b'{"hidden": [' + b"1," * 200_000 + b"1]}", "values"),
+        (b'{"hidden": ' + b"[" * 140_000 + b"]" * 140_000 + b"}", "arrays"),
+        (b'{"a":' * 140_000 + b"1" + b"}" * 140_000, "values"),  # objects nest by their keys
+    ],
+    ids=["values", "arrays", "objects"],
+)
+def test_argument_bodies_holding_more_than_a_request_needs_are_413_before_parsing(
+    live: Live, data: bytes, kind: str
+) -> None:
+    """:evaluate reads its body before any token; each such body would take 10 to 40 MB parsed."""
+    headers = {**live.auth, "Content-Type": "application/json"}
+    routes = [("POST", "/v1/jobs", live.auth), ("POST", "/v1/models/mnist/versions/1:evaluate", {})]
+    for method, path, auth in routes:
+        r = live.http.request(method, live.url + path, data=data, headers={**headers, **auth}, timeout=30)
+        payload = assert_error(r, 413)
+        assert f"JSON {kind}" in payload["message"] and "the arguments of a request" in payload["message"]
+
+
+@pytest.mark.parametrize(
     "path",
     [
         "/v1/jobs/0123456789abcdef",

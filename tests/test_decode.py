@@ -7,13 +7,17 @@ fast paths themselves: when they apply, and that they compute exactly what the p
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import orjson
 import pytest
 
 from services.predictor import decode
 from services.serving.cache import MIN_CHUNK_ROWS, LoadedModel
+from services.web.bodies import check_json_size
 from shared import mlp
+from shared.errors import InvalidInput, PayloadTooLarge
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (3, mlp.INPUT_SIZE), dtype=np.uint8)
 
@@ -22,12 +26,16 @@ def body(**fields: object) -> bytes:
     return orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+#: The batch limit of these tests (MNIST_MAX_BATCH).
+MAX_BATCH = 10
+
+
 def test_fast_path_reads_well_formed_bodies_exactly() -> None:
-    fields = decode.fast_instances(body(instances=IMAGES, top_k=3, pixel_range=None))
+    fields = decode.fast_instances(body(instances=IMAGES, top_k=3, pixel_range=None), MAX_BATCH)
     assert fields is not None and fields["top_k"] == 3 and fields["pixel_range"] is None
     np.testing.assert_array_equal(fields["instances"], IMAGES)
     unit = IMAGES / 255
-    fields = decode.fast_instances(body(instances=unit, pixel_range="unit"))
+    fields = decode.fast_instances(body(instances=unit, pixel_range="unit"), MAX_BATCH)
     assert fields is not None
     np.testing.assert_array_equal(fields["instances"], unit)  # float64 in, float64 out: exact
 
@@ -45,7 +53,6 @@ def test_fast_path_reads_well_formed_bodies_exactly() -> None:
         orjson.dumps({"instances": [[True] + [0] * 783]}),
         orjson.dumps({"instances": [[None] + [0] * 783]}),
         orjson.dumps({"instances": [["7"] + [0] * 783]}),
-        orjson.dumps({"instances": [[[1, 2]] + [0] * 783]}),  # a nested list, which would flatten
         orjson.dumps({"instances": [[0] * 784], "top_k": [1]}),
         orjson.dumps({"instances": [[0] * 784], "options": {"a": 1}}),
         b'{"instances": [[0]]} trailing',
@@ -53,7 +60,56 @@ def test_fast_path_reads_well_formed_bodies_exactly() -> None:
     ],
 )
 def test_fast_path_leaves_everything_else_to_the_general_path(raw: bytes) -> None:
-    assert decode.fast_instances(raw) is None
+    assert decode.fast_instances(raw, MAX_BATCH) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "fragment"),
+    [
+        (orjson.dumps({"instances": [[0]] * 11}), PayloadTooLarge, "10 images (MNIST_MAX_BATCH)"),
+        (orjson.dumps({"instances": [[0] * 785]}), InvalidInput, "image 0 holds 785 values"),
+        (orjson.dumps({"instances": [[0] * 784, [0] * 5_000]}), InvalidInput, "image 1 holds 5,000 values"),
+        # A list nested in an image would flatten into the buffer.
+        (orjson.dumps({"instances": [[[1, 2]] + [0] * 783]}), InvalidInput, "nested too deep"),
+        # More values than MAX_BATCH images hold: refused on the bytes, before any parse.
+        (b'{"instances": [[' + b"0," * (MAX_BATCH * 784 + 300) + b"0]]}", PayloadTooLarge, "MNIST_MAX_BATCH"),
+    ],
+    ids=["batch", "785-pixels", "5000-pixels", "nested", "values"],
+)
+def test_fast_path_refuses_what_no_path_could_accept_before_any_array(
+    raw: bytes, error: type[Exception], fragment: str
+) -> None:
+    with pytest.raises(error, match=re.escape(fragment)):
+        decode.fast_instances(raw, MAX_BATCH)
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (b"[" + b"0," * (MAX_BATCH * 784 + 300) + b"0]", "values"),
+        (b"[" + b"[]," * (MAX_BATCH * 29 + 300) + b"[]]", "arrays"),
+        (b"[" + b'"a",' * 4100 + b'"a"]', "values"),  # a string counts as two values
+        (b"[" + b"{}," * 300 + b"{}]", "objects"),
+        (b'{"a":' * 300 + b"0" + b"}" * 300, "objects"),  # no comma at all
+        (b'{"k": {' + b",".join(b'"k%d": 0' % i for i in range(300)) + b"}}", "object members"),
+    ],
+)
+def test_the_general_path_refuses_more_than_a_valid_body_holds_before_parsing(raw: bytes, kind: str) -> None:
+    with pytest.raises(PayloadTooLarge, match=f"JSON {kind}.*10 images \\(MNIST_MAX_BATCH\\)"):
+        decode.load_json(raw, limits=decode.json_limits(MAX_BATCH))
+    decode.load_json(b'{"instances": [[0]]}', limits=decode.json_limits(MAX_BATCH))  # a small body passes
+
+
+def test_a_valid_body_of_the_largest_batch_is_within_the_json_limits() -> None:
+    for images in (IMAGES, IMAGES.reshape(3, 28, 28)):
+        raw = body(instances=np.repeat(images, 4, axis=0)[:MAX_BATCH], top_k=3, pixel_range="uint8")
+        check_json_size(raw, decode.json_limits(MAX_BATCH))
+    tensor = {"name": "input", "shape": [MAX_BATCH, 28, 28], "datatype": "UINT8",
+              "data": np.repeat(IMAGES, 4, axis=0)[:MAX_BATCH].reshape(-1, 28, 28),
+              "parameters": {"pixel_range": "uint8"}}  # fmt: skip
+    outputs = [{"name": "label", "parameters": {"binary_data": True}}, {"name": "probabilities"}]
+    raw = body(id="request-1", parameters={"binary_data_output": False}, inputs=[tensor], outputs=outputs)
+    check_json_size(raw, decode.json_limits(MAX_BATCH))
 
 
 def test_raw_bytes_stay_uint8_and_are_scaled_in_the_forward_pass() -> None:

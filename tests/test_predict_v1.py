@@ -273,7 +273,11 @@ BAD = [
     ("boolean", JSON, orjson.dumps({"instances": [[True] + ROW[1:]]}), 400, "boolean"),
     ("instances not a list", JSON, orjson.dumps({"instances": "pixels"}), 400, "list of images"),
     ("empty batch", JSON, orjson.dumps({"instances": []}), 400, "0 images"),
-    ("too many images", JSON, orjson.dumps({"instances": [ROW] * (MAX_BATCH + 1)}), 413, "limit is 64"),
+    # Refused on the body's bytes (more values than 64 images hold), before it is parsed.
+    ("too many images", JSON, orjson.dumps({"instances": [ROW] * 65}), 413, "64 images (MNIST_MAX_BATCH)"),
+    ("too many rows", JSON, orjson.dumps({"instances": [[0]] * 65}), 413, "limit is 64 images"),
+    ("image of 785 pixels", JSON, orjson.dumps({"instances": [[0] * 785]}), 400, "image 0 holds 785 values"),
+    ("values", JSON, b'{"instances": [[' + b"0," * 60_000 + b"0]]}", 413, "64 images (MNIST_MAX_BATCH)"),
     ("bad pixel_range", JSON, orjson.dumps({"instances": [ROW], "pixel_range": "0-1"}), 400, "pixel_range"),
     ("top_k 0", JSON, orjson.dumps({"instances": [ROW], "top_k": 0}), 400, "top_k"),
     ("top_k 11", JSON, orjson.dumps({"instances": [ROW], "top_k": 11}), 400, "top_k"),

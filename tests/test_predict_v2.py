@@ -221,6 +221,7 @@ BAD = [
     ("batch too large", tensor_json(shape=[MAX_BATCH + 1, 784]), {}, 413, "limit is 64"),
     ("no data", orjson.dumps({"inputs": [NO_DATA]}), {}, 400, "neither"),
     ("data count", tensor_json(data=[0] * 783), {}, 400, "783 values"),
+    ("data above the batch", tensor_json(data=[0] * 60_000), {}, 413, "64 images (MNIST_MAX_BATCH)"),
     ("data ragged", tensor_json(data=[[0] * 392, [0] * 391]), {}, 400, "ragged"),
     ("data strings", tensor_json(data=["0"] * 784), {}, 400, "not numbers"),
     ("data booleans", tensor_json(data=[False] * 784), {}, 400, "boolean"),

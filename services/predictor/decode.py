@@ -4,12 +4,19 @@ Every decoder returns pixel rows (N, 784), checked: float32 scaled to 0–1, or 
 sent, which `LoadedModel.predict_proba` scales chunk by chunk in its forward-pass threads. Or
 it raises `InvalidInput` (400) / `PayloadTooLarge` (413) naming the problem. Nothing here runs
 a Python loop per pixel: bodies of 10,000 images must decode in milliseconds.
+
+Memory is bounded before it is spent: a JSON body is counted on its bytes (`json_limits`, checked
+by `services.web.bodies.check_json_size`) before a parser builds anything per value, and the fast
+path checks the number of images and the numbers of each on simdjson's document before it builds
+an array. Whatever a JSON body holds, parsing it costs no more than the largest valid body does.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import reprlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,6 +24,7 @@ import numpy as np
 import orjson
 import simdjson
 
+from services.web.bodies import JsonLimits, check_json_size
 from shared import mlp
 from shared.errors import InvalidInput, PayloadTooLarge
 from shared.formats import npy
@@ -27,10 +35,37 @@ PIXEL_RANGES = ("uint8", "unit")
 IMAGE_SHAPES = ((mlp.INPUT_SIZE,), (28, 28))
 #: Element types a .npy body may hold (np.dtype.kind): unsigned, signed integers, floats.
 NUMERIC_KINDS = "uif"
+#: Rows of a 28×28 image sent as nested lists.
+IMAGE_ROWS = 28
+#: JSON values, and separately arrays, objects and object members, that a prediction body may
+#: hold besides its images: its other fields and, in V2, the request's structure (about 30 each).
+JSON_ALLOWANCE = 256
+#: The end of the message for ragged or too deeply nested images.
+RAGGED = f": every image needs {mlp.INPUT_SIZE} numbers"
+#: Most fields the fast path reads from a body (a prediction body has three); more: general path.
+FAST_FIELDS = 8
 
 
-def load_json(body: bytes, what: str = "body") -> dict[str, Any]:
-    """Return the JSON object in `body`; InvalidInput if it is not JSON or not an object."""
+@functools.cache  # one per setting: built once, not on every request
+def json_limits(max_batch: int) -> JsonLimits:
+    """Return what a JSON prediction body of at most `max_batch` images may hold, counted on its bytes."""
+    return JsonLimits(
+        values=max_batch * mlp.INPUT_SIZE + JSON_ALLOWANCE,
+        arrays=max_batch * (1 + IMAGE_ROWS) + JSON_ALLOWANCE,  # an image: one list, or 28 in a list
+        objects=JSON_ALLOWANCE,
+        members=JSON_ALLOWANCE,
+        reason=f"{max_batch:,} images (MNIST_MAX_BATCH) of {mlp.INPUT_SIZE} pixels",
+    )
+
+
+def load_json(body: bytes, what: str = "body", limits: JsonLimits | None = None) -> dict[str, Any]:
+    """Return the JSON object in `body`; InvalidInput if it is not JSON or not an object.
+
+    With `limits`, a body that holds more (values, arrays, objects or members) is refused with
+    PayloadTooLarge before orjson builds a Python object for each of its values.
+    """
+    if limits is not None:
+        check_json_size(body, limits, what)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -40,18 +75,23 @@ def load_json(body: bytes, what: str = "body") -> dict[str, Any]:
     return data
 
 
-def fast_instances(body: bytes) -> dict[str, Any] | None:
+def fast_instances(body: bytes, max_batch: int) -> dict[str, Any] | None:
     """Return the fields of a well-formed JSON prediction body, "instances" as one array, or None.
 
     The common body, an object whose "instances" are rows of exactly 784 numbers and whose other
     fields are scalars, is read by simdjson straight into one float64 buffer: about three times
-    faster than orjson, which builds a Python number per pixel. Anything else (not JSON, another
-    shape, a boolean, a null or a string among the pixels) returns None, and the caller takes the
-    general path (`load_json`, `from_numbers`), whose errors name the problem exactly.
+    faster than orjson, which builds a Python number per pixel. Sizes are checked on the way:
+    the body's values against `max_batch` images before it is parsed (413), then on the document
+    the number of images (413) and the numbers of each (400 for an image of more than 784, or
+    with a list nested in it), before any array is built. Anything else (not JSON, another shape,
+    a boolean, a null or a string among the pixels) returns None, and the caller takes the
+    general path (`load_json` with `json_limits`, then `from_numbers`), whose errors name the
+    problem exactly.
     """
+    check_json_size(body, json_limits(max_batch), structure=False)
     try:
         doc = simdjson.Parser().parse(body)
-        if not isinstance(doc, simdjson.Object):
+        if not isinstance(doc, simdjson.Object) or len(doc) > FAST_FIELDS:
             return None
         fields: dict[str, Any] = {key: doc[key] for key in doc.keys()}  # noqa: SIM118
         rows = fields.pop("instances", None)
@@ -59,13 +99,24 @@ def fast_instances(body: bytes) -> dict[str, Any] | None:
             return None
         if any(isinstance(value, simdjson.Object | simdjson.Array) for value in fields.values()):
             return None
-        if any(not isinstance(row, simdjson.Array) or len(row) != mlp.INPUT_SIZE for row in rows):
+        if not isinstance(rows[0], simdjson.Array):  # not a list of images: the general path says so
             return None
+        check_batch(len(rows), max_batch)
+        for i, row in enumerate(rows):
+            if not isinstance(row, simdjson.Array):
+                return None
+            if len(row) != mlp.INPUT_SIZE:
+                if len(row) > mlp.INPUT_SIZE:  # never an image: refused before Python holds it
+                    raise InvalidInput(
+                        f"instances: image {i} holds {len(row):,} values; every image needs"
+                        f" {mlp.INPUT_SIZE} numbers (or {IMAGE_ROWS} rows of {IMAGE_ROWS})"
+                    )
+                return None  # fewer: 28 rows of 28, or an error the general path names
         values = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
     except (ValueError, TypeError, KeyError, RuntimeError):  # simdjson's parse and type errors
         return None
-    if values.size != len(rows) * mlp.INPUT_SIZE:  # an image held a nested list, flattened
-        return None
+    if values.size != len(rows) * mlp.INPUT_SIZE:  # a list nested in an image, flattened
+        raise InvalidInput(f"instances are ragged or nested too deep{RAGGED}")
     fields["instances"] = values.reshape(len(rows), mlp.INPUT_SIZE)
     return fields
 
@@ -75,7 +126,7 @@ def pixel_range(value: object) -> str:
     if value is None:
         return "uint8"
     if value not in PIXEL_RANGES:
-        raise InvalidInput(f"pixel_range must be one of {list(PIXEL_RANGES)}, got {value!r}")
+        raise InvalidInput(f"pixel_range must be one of {list(PIXEL_RANGES)}, got {shown(value)}")
     return value  # type: ignore[return-value]
 
 
@@ -84,7 +135,12 @@ def check_batch(n: int, max_batch: int) -> None:
     if n < 1:
         raise InvalidInput(f"the batch holds {n} images: send at least one")
     if n > max_batch:
-        raise PayloadTooLarge(f"{n} images in one request: the limit is {max_batch}")
+        raise PayloadTooLarge(f"{n} images in one request: the limit is {max_batch} images (MNIST_MAX_BATCH)")
+
+
+def shown(value: object) -> str:
+    """Return a short repr of a value from a request, for an error message (never the whole of a long one)."""
+    return reprlib.repr(value)
 
 
 def from_numbers(
@@ -97,7 +153,7 @@ def from_numbers(
     if not isinstance(values, list) or (values and not isinstance(values[0], list)):
         raise InvalidInput(f"{what} must be a list of images, each a list of 784 numbers")
     check_batch(len(values), max_batch)
-    array = _numbers(values, hint, what, ragged=": every image needs 784 numbers")
+    array = _numbers(values, hint, what, ragged=RAGGED)
     return scale(array, prange, what)
 
 
@@ -156,6 +212,9 @@ def from_list(values: object, hint: bytes, shape: tuple[int, ...], integers: boo
     what = "the input tensor's data"
     if not isinstance(values, list):
         raise InvalidInput(f"{what} must be a list of numbers")
+    if values and not isinstance(values[0], list) and len(values) != math.prod(shape):
+        # Flat data of another size than declared: refused before NumPy copies it.
+        raise InvalidInput(f"{what} hold {len(values)} values; shape {list(shape)} needs {math.prod(shape)}")
     array = _numbers(values, hint, what)
     if array.dtype.kind not in NUMERIC_KINDS:
         raise InvalidInput(f"{what} hold values that are not numbers (strings, null or objects)")
@@ -204,7 +263,7 @@ def scale(array: np.ndarray, prange: str, what: str, finite: bool = False) -> np
 def check_shape(shape: tuple[int, ...], what: str) -> None:
     """Raise InvalidInput unless `shape` is (N, 784) or (N, 28, 28)."""
     if len(shape) < 2 or shape[1:] not in IMAGE_SHAPES:
-        raise InvalidInput(f"{what}: shape {list(shape)}, expected [N, 784] or [N, 28, 28] pixels")
+        raise InvalidInput(f"{what}: shape {shown(list(shape))}, expected [N, 784] or [N, 28, 28] pixels")
 
 
 def _has_bool(values: Iterable[Any], depth: int = 0) -> bool:

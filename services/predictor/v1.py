@@ -114,7 +114,7 @@ ERRORS = {
     401: "predict token missing (when MNIST_PREDICT_TOKEN is set)",
     403: "predict token wrong",
     404: "unknown model, version or alias",
-    413: "body above MNIST_MAX_BODY_BYTES or batch above MNIST_MAX_BATCH",
+    413: "body above MNIST_MAX_BODY_BYTES, batch above MNIST_MAX_BATCH, or JSON holding more values",
     415: "content type not JSON, octet-stream or x-npy",
     503: "the version is not in memory and cannot be loaded",
 }
@@ -201,8 +201,8 @@ def read_body(max_batch: int, max_body_bytes: int) -> tuple[np.ndarray, int | No
     mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
     query = request.args if environ.get("QUERY_STRING") else {}
     if not mimetype or mimetype == "application/json" or mimetype.endswith("+json"):
-        fast = decode.fast_instances(body)
-        data = fast if fast is not None else decode.load_json(body)
+        fast = decode.fast_instances(body, max_batch)
+        data = fast if fast is not None else decode.load_json(body, limits=decode.json_limits(max_batch))
         unknown = sorted(set(data) - set(JSON_FIELDS))
         if unknown:
             raise InvalidInput(f"unknown fields {unknown}: a prediction body has {list(JSON_FIELDS)}")
@@ -210,8 +210,7 @@ def read_body(max_batch: int, max_body_bytes: int) -> tuple[np.ndarray, int | No
             raise InvalidInput('the body needs "instances": a list of images of 784 pixel values')
         prange = decode.pixel_range(data.get("pixel_range", query.get("pixel_range")))
         top_k = check_top_k(data["top_k"]) if "top_k" in data else _query_top_k(query)
-        if fast is not None:
-            decode.check_batch(len(fast["instances"]), max_batch)
+        if fast is not None:  # its batch is checked
             return decode.scale(fast["instances"], prange, "instances", finite=True), top_k
         return decode.from_numbers(data["instances"], body, prange, max_batch), top_k
     if mimetype == "application/octet-stream":
@@ -229,7 +228,7 @@ def read_body(max_batch: int, max_body_bytes: int) -> tuple[np.ndarray, int | No
 def check_top_k(value: Any) -> int:
     """Return `value` if it is a whole number of labels 1–10, else raise InvalidInput."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= mlp.CLASSES:
-        raise InvalidInput(f"top_k must be an integer from 1 to {mlp.CLASSES}, got {value!r}")
+        raise InvalidInput(f"top_k must be an integer from 1 to {mlp.CLASSES}, got {decode.shown(value)}")
     return value
 
 
@@ -240,7 +239,8 @@ def _query_top_k(query: Mapping[str, str]) -> int | None:
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidInput(f"top_k must be an integer from 1 to {mlp.CLASSES}, got {raw!r}") from None
+        shown = decode.shown(raw)
+        raise InvalidInput(f"top_k must be an integer from 1 to {mlp.CLASSES}, got {shown}") from None
     return check_top_k(value)
 
 
