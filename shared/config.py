@@ -98,7 +98,10 @@ class Settings:
         "MNIST_MAX_BODY_BYTES", 64 * 1024 * 1024, "bytes per request body (64 MiB)"
     )
     max_dataset_bytes: int = _env_field(
-        "MNIST_MAX_DATASET_BYTES", 128 * 1024 * 1024, "bytes per dataset upload (128 MiB)"
+        "MNIST_MAX_DATASET_BYTES",
+        128 * 1024 * 1024,
+        "bytes per dataset, as uploaded and again once inflated (pixels at their stored width, CSV"
+        " text; counted before decompressing), also for a path given to `mnist train` (128 MiB)",
     )
     default_model: str = _env_field("MNIST_DEFAULT_MODEL", "mnist", "model name of /v1/jobs")
     # Datasets (shared/datasets.py).

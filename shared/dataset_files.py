@@ -7,8 +7,15 @@ return `Splits` (x_train, y_train, x_test, y_test; the test pair None when the f
 .npz's arrays come as stored, integers of (n, 28, 28) or (n, 784) and (n,): their values are
 checked by `shared.datasets.make_dataset`, which builds the `Dataset`. Every reader checks a header
 before it allocates anything the header declares, and raises `DatasetError(path, problem)` for a
-bad file. Imports only the standard library and NumPy (and, of this project, `shared.formats`,
-which reads the IDX and .npy headers and a CSV's first line, and `shared.errors`).
+bad file.
+
+Files are measured by what they inflate to, not by their size: given a `Budget`, every reader
+counts what it is about to read before it reads it (an IDX payload as its header declares it, an
+NPZ array at its dtype's width, a CSV's text as gunzip would give it, an archive's members as its
+index lists them) and refuses one that goes past the budget with `PayloadTooLarge` (413) before
+anything is decompressed in full. A small compressed file can inflate a thousandfold. Imports
+only the standard library and NumPy (and, of this project, `shared.formats`, which reads the IDX
+and .npy headers and a CSV's first line, and `shared.errors`).
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ import zipfile
 import zlib
 from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple, cast
 
 import numpy as np
 
-from shared.errors import DatasetError, DatasetNotFound
+from shared.errors import DatasetError, DatasetNotFound, PayloadTooLarge
 from shared.formats import csv, idx, kinds, npy
 
 PathLike = str | os.PathLike[str]
@@ -46,6 +54,31 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+
+
+@dataclass
+class Budget:
+    """The inflated bytes one dataset may take as it is read: `limit` (None: no limit), `used` so far.
+
+    Readers call `take` with what they are about to read, before they read it; past the limit
+    it raises PayloadTooLarge (413), naming the file and `setting` (where the limit comes from).
+    """
+
+    limit: int | None
+    setting: str = "the limit on inflated bytes"
+    used: int = 0
+
+    def take(self, name: str, size: int, what: str) -> None:
+        """Count `size` more bytes of `what` in `name`; PayloadTooLarge once the total passes the limit."""
+        self.used += size
+        self.check(name, self.used, what)
+
+    def check(self, name: str, total: int, what: str) -> None:
+        """Raise PayloadTooLarge if `total` bytes of `what` in `name` pass the limit (counts nothing)."""
+        if self.limit is not None and total > self.limit:
+            raise PayloadTooLarge(
+                f"{name}: more than {self.limit:,} bytes once inflated ({what}); the limit is {self.setting}"
+            )
 
 
 class Splits(NamedTuple):
@@ -88,6 +121,30 @@ def _maybe_gunzip(stream: IO[bytes]) -> IO[bytes]:
     if head != kinds.GZIP_MAGIC:
         return stream
     return cast(IO[bytes], gzip.GzipFile(fileobj=stream, mode="rb"))
+
+
+def _inflated_size(stream: IO[bytes], cap: int) -> int:
+    """Return the bytes that `stream` holds from where it is, gunzipped if it is gzip, counting no
+    further than `cap` + 1; the stream is left where it was.
+
+    A gzip stream is inflated chunk by chunk and thrown away: its own size field (ISIZE) is modulo
+    2**32 and may lie, and holding the inflated text to measure it is what a bomb wants.
+    """
+    pos = stream.tell()
+    if stream.read(2) != kinds.GZIP_MAGIC:
+        size = stream.seek(0, os.SEEK_END) - pos
+        stream.seek(pos)
+        return size
+    stream.seek(pos)
+    total = 0
+    with gzip.GzipFile(fileobj=stream, mode="rb") as inflated:  # leaves `stream` open
+        while total <= cap:
+            chunk = inflated.read(min(CHUNK_BYTES, cap + 1 - total))
+            if not chunk:
+                break
+            total += len(chunk)
+    stream.seek(pos)
+    return total
 
 
 def _read_upto(stream: IO[bytes], limit: int) -> bytearray:
@@ -149,9 +206,9 @@ def _idx_payload(stream: IO[bytes], name: str, count: int, item_bytes: int) -> n
 
 
 def _read_idx_streams(
-    images: IO[bytes], labels: IO[bytes], images_name: str, labels_name: str
+    images: IO[bytes], labels: IO[bytes], images_name: str, labels_name: str, budget: Budget
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read one IDX pair: check both headers, then both payloads."""
+    """Read one IDX pair: check both headers, count what they declare in `budget`, then read both payloads."""
     with reading(images_name):
         images = _maybe_gunzip(images)
         n_images = _idx_count(images, images_name, idx.IMAGES_MAGIC)
@@ -162,6 +219,9 @@ def _read_idx_streams(
         raise DatasetError(
             images_name, f"holds {n_images:,} images but {labels_name} holds {n_labels:,} labels"
         )
+    # What the headers declare is all that is read (`_idx_payload`), whatever gzip or an
+    # archive's index claims: it is counted before a byte of it is inflated.
+    budget.take(images_name, n_images * (PIXELS + 1), f"{n_images:,} images and labels of 785 bytes")
     with reading(labels_name):
         y = _idx_payload(labels, labels_name, n_labels, 1)
     bad = np.flatnonzero(y > 9)
@@ -173,7 +233,9 @@ def _read_idx_streams(
     return x, y
 
 
-def read_idx(images_path: PathLike, labels_path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+def read_idx(
+    images_path: PathLike, labels_path: PathLike, *, budget: Budget | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read an IDX images file and its labels file (gzipped or not) into (n, 784) and (n,)."""
     images_file, labels_file = _existing_file(images_path), _existing_file(labels_path)
     with ExitStack() as stack:
@@ -181,7 +243,9 @@ def read_idx(images_path: PathLike, labels_path: PathLike) -> tuple[np.ndarray, 
         for p in (images_file, labels_file):
             with reading(str(p)):
                 streams.append(stack.enter_context(open(p, "rb")))
-        return _read_idx_streams(streams[0], streams[1], str(images_path), str(labels_path))
+        return _read_idx_streams(
+            streams[0], streams[1], str(images_path), str(labels_path), budget or Budget(None)
+        )
 
 
 def _idx_names(base: str) -> tuple[str, ...]:
@@ -213,8 +277,10 @@ def _read_idx_splits(
     pairs: dict[str, tuple[str, str]],
     opener: Callable[[str], IO[bytes]],
     label: Callable[[str], str],
+    budget: Budget | None,
 ) -> Splits:
     """Read the train and optional test pairs; return x_train, y_train, x_test, y_test."""
+    budget = budget or Budget(None)
 
     def read(split: str) -> tuple[np.ndarray, np.ndarray]:
         images, labels = pairs[split]
@@ -223,14 +289,14 @@ def _read_idx_splits(
             for member in (images, labels):
                 with reading(label(member)):
                     streams.append(stack.enter_context(opener(member)))
-            return _read_idx_streams(streams[0], streams[1], label(images), label(labels))
+            return _read_idx_streams(streams[0], streams[1], label(images), label(labels), budget)
 
     x_train, y_train = read("train")
     x_test, y_test = read("test") if "test" in pairs else (None, None)
     return Splits(x_train, y_train, x_test, y_test)
 
 
-def read_idx_folder(path: PathLike) -> Splits:
+def read_idx_folder(path: PathLike, *, budget: Budget | None = None) -> Splits:
     """Read a folder of MNIST IDX files: the train pair, and the t10k pair when present."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -240,25 +306,30 @@ def read_idx_folder(path: PathLike) -> Splits:
     def open_member(member: str) -> IO[bytes]:
         return open(folder / member, "rb")  # the caller's ExitStack closes it
 
-    return _read_idx_splits(pairs, open_member, lambda member: str(folder / member))
+    return _read_idx_splits(pairs, open_member, lambda member: str(folder / member), budget)
 
 
-def read_idx_archive(stream: IO[bytes], name: str) -> Splits:
-    """Read a .zip or .tar[.gz] holding IDX files (in any folder); errors name `name`."""
+def read_idx_archive(stream: IO[bytes], name: str, *, budget: Budget | None = None) -> Splits:
+    """Read a .zip or .tar[.gz] holding IDX files (in any folder); errors name `name`.
+
+    With a `budget`, the members' sizes in the archive's index must fit it too (a tar's are read
+    as it is walked, so that walking a .tar.gz inflates no further than the budget).
+    """
     head = stream.read(4)
     stream.seek(0)
+    budget = budget or Budget(None)
     with ExitStack() as stack:
         with reading(name):
             if head.startswith(kinds.ZIP_MAGIC):
-                opener = _zip_opener(stack.enter_context(zipfile.ZipFile(stream)))
+                opener = _zip_opener(stack.enter_context(zipfile.ZipFile(stream)), name, budget)
             else:
                 try:
                     tf = stack.enter_context(tarfile.open(fileobj=stream, mode="r:*"))
                 except tarfile.ReadError:
                     raise DatasetError(name, "not a zip or tar archive of IDX files") from None
-                opener = _tar_opener(tf)
+                opener = _tar_opener(tf, name, budget)
             pairs = _idx_pairs(opener.names, name)
-        return _read_idx_splits(pairs, opener, lambda member: f"{name}:{member}")
+        return _read_idx_splits(pairs, opener, lambda member: f"{name}:{member}", budget)
 
 
 class _ArchiveOpener:
@@ -272,15 +343,18 @@ class _ArchiveOpener:
         return self._members[member]()
 
 
-def _zip_opener(zf: zipfile.ZipFile) -> _ArchiveOpener:
+def _zip_opener(zf: zipfile.ZipFile, name: str, budget: Budget) -> _ArchiveOpener:
     def opener(info: zipfile.ZipInfo) -> Callable[[], IO[bytes]]:
         return lambda: zf.open(info)
 
     infos = [i for i in zf.infolist() if not i.is_dir()]
+    # The central directory's sizes may lie: zipfile never inflates a member past its file_size,
+    # and the IDX headers bound what is read. A larger claim is refused all the same.
+    budget.check(name, sum(i.file_size for i in infos), "the sizes of its members")
     return _ArchiveOpener({posixpath.basename(i.filename): opener(i) for i in infos})
 
 
-def _tar_opener(tf: tarfile.TarFile) -> _ArchiveOpener:
+def _tar_opener(tf: tarfile.TarFile, name: str, budget: Budget) -> _ArchiveOpener:
     def opener(member: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
         def open_member() -> IO[bytes]:
             f = tf.extractfile(member)
@@ -289,16 +363,30 @@ def _tar_opener(tf: tarfile.TarFile) -> _ArchiveOpener:
 
         return open_member
 
-    files = [m for m in tf.getmembers() if m.isfile()]
+    files, total = [], 0
+    for member in tf:  # walked, not getmembers(): a .tar.gz is inflated only as far as it is read
+        if member.isfile():
+            total += member.size
+            budget.check(name, total, "the sizes of its members")
+            files.append(member)
     return _ArchiveOpener({posixpath.basename(m.name): opener(m) for m in files})
 
 
 # --- CSV -----------------------------------------------------------------------------------------
 
 
-def read_csv_text(stream: IO[bytes], name: str) -> bytearray:
-    """Read a CSV stream (gzipped or not), refusing more than MAX_CSV_BYTES of text."""
+def read_csv_text(stream: IO[bytes], name: str, *, budget: Budget | None = None) -> bytearray:
+    """Read a CSV stream (gzipped or not), refusing more than MAX_CSV_BYTES of text.
+
+    With a `budget`, the text is measured first (a gzip stream inflated and thrown away, up to
+    what the budget has left) and counted in it: a refused file is never held inflated.
+    """
     with reading(name):
+        if budget is not None and budget.limit is not None:
+            cap = max(budget.limit - budget.used, 0)
+            size = _inflated_size(stream, cap)
+            shown = f"more than {cap:,}" if size == cap + 1 else f"{size:,}"  # counted no further
+            budget.take(name, size, f"{shown} bytes of CSV text")
         text = _read_upto(_maybe_gunzip(stream), MAX_CSV_BYTES + 1)
     if len(text) > MAX_CSV_BYTES:
         raise DatasetError(name, f"more than {MAX_CSV_BYTES:,} bytes of CSV text")
@@ -393,11 +481,11 @@ def _csv_error(data: list[str], start: int, name: str, label_last: bool) -> Data
     return DatasetError(name, f"{where}: not integers 0-255")
 
 
-def read_csv(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+def read_csv(path: PathLike, *, budget: Budget | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read a label-first CSV (Kaggle's train.csv, or headerless; .csv.gz too) into x and y."""
     p = _existing_file(path)
     with reading(str(path)), open(p, "rb") as f:
-        raw = read_csv_text(f, str(path))
+        raw = read_csv_text(f, str(path), budget=budget)
     return parse_csv(raw, str(path))
 
 
@@ -406,8 +494,10 @@ def read_csv(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
 _NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def _check_npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, key: str) -> None:
-    """Check one member's .npy header: plain integers, a bounded shape, a size that matches."""
+def _check_npy_header(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, key: str, budget: Budget
+) -> None:
+    """Check one member's .npy header: plain integers, a bounded shape, a size that matches, in `budget`."""
     with zf.open(info) as f:
         try:
             shape, _, descr = npy.read_header(f)
@@ -427,17 +517,22 @@ def _check_npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, key
         raise DatasetError(name, f"array {key!r} has shape {shape}; expected {wanted}")
     if shape[0] > MAX_IMAGES:
         raise DatasetError(name, f"array {key!r} has {shape[0]:,} rows; at most {MAX_IMAGES:,}")
-    size = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    count = int(np.prod(shape, dtype=np.int64))
+    # At its stored width: an int64 array holds 8 bytes per pixel until it is converted.
+    budget.take(name, count * dtype.itemsize, f"array {key!r}: {count:,} values of {dtype}")
+    size = offset + count * dtype.itemsize
     if info.file_size != size:
         raise DatasetError(name, f"array {key!r} is {info.file_size:,} bytes; its header declares {size:,}")
 
 
-def read_npz_stream(stream: IO[bytes], name: str) -> Splits:
+def read_npz_stream(stream: IO[bytes], name: str, *, budget: Budget | None = None) -> Splits:
     """Read Keras-style x_train, y_train[, x_test, y_test] from an .npz stream.
 
-    Checks each array's .npy header (integers, shape, size), not its values (labels 0-9, pixels
-    0-255, as many labels as images): `shared.datasets.make_dataset` checks those.
+    Checks each array's .npy header (integers, shape, size, and its bytes in `budget`) before any
+    array is read, not its values (labels 0-9, pixels 0-255, as many labels as images):
+    `shared.datasets.make_dataset` checks those.
     """
+    budget = budget or Budget(None)
     head = stream.read(4)
     stream.seek(0)
     if not head.startswith(kinds.ZIP_MAGIC):
@@ -451,15 +546,15 @@ def read_npz_stream(stream: IO[bytes], name: str) -> Splits:
                 held = ", ".join(sorted(infos)) or "nothing"
                 raise DatasetError(name, f"no array {', '.join(missing)} (it holds {held})")
             for key in keys:
-                _check_npy_header(zf, infos[f"{key}.npy"], name, key)
+                _check_npy_header(zf, infos[f"{key}.npy"], name, key, budget)
         stream.seek(0)
         with np.load(stream, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in keys}
     return Splits(arrays["x_train"], arrays["y_train"], arrays.get("x_test"), arrays.get("y_test"))
 
 
-def read_npz(path: PathLike) -> Splits:
+def read_npz(path: PathLike, *, budget: Budget | None = None) -> Splits:
     """Read a Keras-style mnist.npz (never unpickling) into its arrays."""
     p = _existing_file(path)
     with reading(str(path)), open(p, "rb") as f:
-        return read_npz_stream(f, str(path))
+        return read_npz_stream(f, str(path), budget=budget)

@@ -4,7 +4,9 @@ A dataset is 28x28 uint8 images, flattened row-major to 784 pixels, with labels 
 with a digest of its content. `make_dataset` checks the arrays and builds one. The files are read
 by `shared.dataset_files`, whose readers check a header before they allocate anything the header
 declares, and raise `DatasetError(path, problem)` for a bad file. `parse_bytes` reads an upload;
-`load` turns a built-in name, a path or an uploaded name into a `Dataset`. Imports only the
+`load` turns a built-in name, a path or an uploaded name into a `Dataset`. An upload and a path
+are read within MNIST_MAX_DATASET_BYTES of inflated data (`inflated_budget`), refused with a 413
+before they are decompressed in full; the built-in datasets are trusted files. Imports only the
 standard library and NumPy.
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from shared import dataset_files
 from shared.config import Settings
-from shared.dataset_files import CHUNK_BYTES, IDX_FILES, PIXELS, PathLike
+from shared.dataset_files import CHUNK_BYTES, IDX_FILES, PIXELS, Budget, PathLike
 from shared.errors import DatasetError, DatasetNotFound, InvalidInput
 from shared.formats import kinds
 
@@ -167,31 +169,44 @@ def _checked_split(
 # --- Dataset files -------------------------------------------------------------------------------
 
 
-def read_idx_folder(path: PathLike) -> Dataset:
+def read_idx_folder(path: PathLike, *, budget: Budget | None = None) -> Dataset:
     """Read a folder of MNIST IDX files (the train pair, the t10k pair when present) into a Dataset."""
-    splits = dataset_files.read_idx_folder(path)
+    splits = dataset_files.read_idx_folder(path, budget=budget)
     return make_dataset(str(path), *splits, source=str(Path(path).expanduser()))
 
 
-def read_npz(path: PathLike) -> Dataset:
+def read_npz(path: PathLike, *, budget: Budget | None = None) -> Dataset:
     """Read a Keras-style mnist.npz (never unpickling) into a Dataset."""
-    splits = dataset_files.read_npz(path)
+    splits = dataset_files.read_npz(path, budget=budget)
     return make_dataset(str(path), *splits, source=str(Path(path).expanduser()))
+
+
+def inflated_budget(max_bytes: int | None = None) -> Budget:
+    """Return a budget of `max_bytes` inflated bytes to read one dataset (None: MNIST_MAX_DATASET_BYTES)."""
+    if max_bytes is None:
+        max_bytes = Settings.from_env().max_dataset_bytes
+    return Budget(max_bytes, Settings.variable("max_dataset_bytes"))
 
 
 # --- Uploads -------------------------------------------------------------------------------------
 
 
-def parse_bytes(name: str, data: bytes, kind: str) -> Dataset:
-    """Read an upload: .npz bytes, .csv[.gz] bytes, or a .zip/.tar[.gz] of IDX files ("idx")."""
+def parse_bytes(name: str, data: bytes, kind: str, max_bytes: int | None = None) -> Dataset:
+    """Read an upload: .npz bytes, .csv[.gz] bytes, or a .zip/.tar[.gz] of IDX files ("idx").
+
+    What it inflates to is counted against `max_bytes` (default: MNIST_MAX_DATASET_BYTES) as it is
+    read: PayloadTooLarge (413) before a bomb is decompressed.
+    """
     stream = io.BytesIO(data)
+    budget = inflated_budget(max_bytes)
+    source = f"upload of {name}"
     if kind == "npz":
-        return make_dataset(name, *dataset_files.read_npz_stream(stream, name), source=f"upload of {name}")
+        return make_dataset(name, *dataset_files.read_npz_stream(stream, name, budget=budget), source=source)
     if kind == "csv":
-        x, y = dataset_files.parse_csv(dataset_files.read_csv_text(stream, name), name)
-        return make_dataset(name, x, y, source=f"upload of {name}")
+        x, y = dataset_files.parse_csv(dataset_files.read_csv_text(stream, name, budget=budget), name)
+        return make_dataset(name, x, y, source=source)
     if kind == "idx":
-        return make_dataset(name, *dataset_files.read_idx_archive(stream, name), source=f"upload of {name}")
+        return make_dataset(name, *dataset_files.read_idx_archive(stream, name, budget=budget), source=source)
     raise InvalidInput(f"unknown dataset kind {kind!r}: expected one of {', '.join(UPLOAD_KINDS)}")
 
 
@@ -412,15 +427,21 @@ def catalogue() -> list[dict]:
 
 
 def _read_path(path: Path, name: str) -> Dataset:
-    """Read whatever a path holds: an IDX folder, a folder with mnist.npz or train.csv, a file."""
+    """Read whatever a path holds: an IDX folder, a folder with mnist.npz or train.csv, a file.
+
+    Within MNIST_MAX_DATASET_BYTES of inflated data, as an upload: the same readers, the same limit.
+    """
+    budget = inflated_budget()
     if path.is_dir():
         names = dataset_files.listdir(path)
         if any(dataset_files.idx_member(names, base) for pair in IDX_FILES.values() for base in pair):
-            ds = read_idx_folder(path)
+            ds = read_idx_folder(path, budget=budget)
         elif "mnist.npz" in names:
-            ds = read_npz(path / "mnist.npz")
+            ds = read_npz(path / "mnist.npz", budget=budget)
         elif csv := next((n for n in ("train.csv", "train.csv.gz") if n in names), None):
-            ds = make_dataset(name, *dataset_files.read_csv(path / csv), source=str(path / csv))
+            ds = make_dataset(
+                name, *dataset_files.read_csv(path / csv, budget=budget), source=str(path / csv)
+            )
         else:
             raise DatasetError(
                 name,
@@ -430,12 +451,13 @@ def _read_path(path: Path, name: str) -> Dataset:
         return replace(ds, name=name)
     kind = kinds.of(path.name, accept=(kinds.NPZ, kinds.CSV, kinds.IDX_ARCHIVE, kinds.ZIP))
     if kind == kinds.NPZ:
-        return replace(read_npz(path), name=name)
+        return replace(read_npz(path, budget=budget), name=name)
     if kind == kinds.CSV:
-        return make_dataset(name, *dataset_files.read_csv(path), source=str(path))
+        return make_dataset(name, *dataset_files.read_csv(path, budget=budget), source=str(path))
     if kind in (kinds.IDX_ARCHIVE, kinds.ZIP):  # a .zip named so is an archive: an NPZ is named .npz
         with dataset_files.reading(name), open(path, "rb") as f:
-            return make_dataset(name, *dataset_files.read_idx_archive(f, name), source=str(path))
+            splits = dataset_files.read_idx_archive(f, name, budget=budget)
+            return make_dataset(name, *splits, source=str(path))
     raise DatasetError(
         name, "unknown kind of file: expected .npz, .csv[.gz], or a .zip/.tar[.gz] of IDX files"
     )

@@ -9,6 +9,7 @@ import struct
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
@@ -137,3 +138,73 @@ def tar_bytes(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+# --- Files that inflate far beyond their size, built without holding what they inflate to ----------
+
+#: Zero bytes written at a time into a compressor (bytes).
+_BLOCK = bytes(1 << 22)
+#: One CSV row of blank pixels: a label 0 and 784 zeros (1,570 bytes).
+BLANK_CSV_ROW = ",".join(["0"] * 785).encode() + b"\n"
+
+
+def _write_zeros(out: IO[bytes], size: int) -> None:
+    """Write `size` zero bytes to `out`, a block at a time."""
+    while size > 0:
+        out.write(_BLOCK[: min(size, len(_BLOCK))])
+        size -= len(_BLOCK)
+
+
+def idx_zip_bomb(images: int) -> bytes:
+    """Return a zip of IDX files holding `images` blank digits: images × 785 bytes once inflated."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        with zf.open(TRAIN_IMAGES, "w", force_zip64=True) as f:
+            f.write(struct.pack(">IIII", IMAGES_MAGIC, images, 28, 28))
+            _write_zeros(f, images * 784)
+        with zf.open(TRAIN_LABELS, "w", force_zip64=True) as f:
+            f.write(struct.pack(">II", LABELS_MAGIC, images))
+            _write_zeros(f, images)
+    return buf.getvalue()
+
+
+def npz_int64_bomb(images: int) -> bytes:
+    """Return an .npz of `images` blank digits stored as int64: images × 784 × 8 bytes once inflated."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        with zf.open("x_train.npy", "w", force_zip64=True) as f:
+            f.write(npy_with_header((images, 784), b"", descr="<i8"))
+            _write_zeros(f, images * 784 * 8)
+        with zf.open("y_train.npy", "w", force_zip64=True) as f:
+            f.write(npy_with_header((images,), b""))
+            _write_zeros(f, images)
+    return buf.getvalue()
+
+
+def csv_gz_bomb(rows: int) -> bytes:
+    """Return a gzipped headerless CSV of `rows` blank digits: rows × 1,570 bytes of text once inflated."""
+    block = BLANK_CSV_ROW * 2048
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as f:
+        while rows > 0:
+            f.write(block[: min(rows, 2048) * len(BLANK_CSV_ROW)])
+            rows -= 2048
+    return out.getvalue()
+
+
+def idx_tar_bomb(images: int) -> bytes:
+    """Return a tar of gzipped IDX files holding `images` blank digits: images × 785 bytes once
+    inflated, while the tar's own index lists only the compressed sizes."""
+
+    def gzipped(header: bytes, zeros: int) -> bytes:
+        out = io.BytesIO()
+        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as f:
+            f.write(header)
+            _write_zeros(f, zeros)
+        return out.getvalue()
+
+    members = {
+        f"{TRAIN_IMAGES}.gz": gzipped(struct.pack(">IIII", IMAGES_MAGIC, images, 28, 28), images * 784),
+        f"{TRAIN_LABELS}.gz": gzipped(struct.pack(">II", LABELS_MAGIC, images), images),
+    }
+    return tar_bytes(members, mode="w")  # the members are gzipped already

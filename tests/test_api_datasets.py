@@ -11,7 +11,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.api_helpers import SMALL_JOB, Live, live_stack, sample, sample_npz
-from tests.datasets_fixtures import csv_text, idx_files, tar_bytes, zip_bytes
+from tests.datasets_fixtures import (
+    csv_gz_bomb,
+    csv_text,
+    idx_files,
+    idx_zip_bomb,
+    npz_int64_bomb,
+    tar_bytes,
+    zip_bytes,
+)
 from tests.live_fixtures import start_worker
 
 pytestmark = pytest.mark.slow
@@ -178,3 +186,26 @@ def test_upload_above_the_limit_is_413(redis_url: str, tmp_path: Path) -> None:
         assert small.get("/v1/datasets/too-big").status_code == 404
         ok = small.upload("fits", sample_npz(20, 5), headers=NPZ)
         assert ok.status_code == 201, ok.text
+
+
+@pytest.mark.parametrize(
+    ("kind", "make"),
+    [
+        ("idx", lambda: idx_zip_bomb(200_000)),
+        ("npz", lambda: npz_int64_bomb(25_000)),
+        ("csv", lambda: csv_gz_bomb(100_000)),
+    ],
+    ids=["idx-zip", "npz-int64", "csv-gz"],
+)
+def test_uploads_inflating_past_the_limit_are_413_and_not_stored(live: Live, kind: str, make) -> None:
+    """Each under 300 KB, each 157 MB once inflated: past MNIST_MAX_DATASET_BYTES's default (128 MiB).
+
+    tests/reliability/test_memory.py measures the server's memory for the issue's ~770 MB bombs.
+    """
+    bomb = make()
+    assert len(bomb) < 300_000
+    r = live.upload(f"bomb-{kind}", bomb, headers=BINARY, params={"format": kind})
+    assert r.status_code == 413, r.text
+    message = r.json()["message"]
+    assert "more than 134,217,728 bytes once inflated" in message and "MNIST_MAX_DATASET_BYTES" in message
+    assert live.get(f"/v1/datasets/bomb-{kind}").status_code == 404

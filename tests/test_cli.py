@@ -17,6 +17,7 @@ from marshmallow import validate
 from client.cli import add_training_flags
 from shared import datasets, serialization
 from shared.schemas import TrainingSpecSchema
+from tests.datasets_fixtures import csv_gz_bomb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,6 +179,21 @@ def test_errors_are_one_line_on_stderr(
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("mnist") and mentions in lines[0]
     assert proc.stdout == ""
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_train_reads_a_file_within_the_inflated_limit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The readers of uploads, with MNIST_MAX_DATASET_BYTES's default (128 MiB): a 250 KB CSV.gz
+    of 141 MB of text is refused before it is held inflated."""
+    monkeypatch.delenv("MNIST_MAX_DATASET_BYTES", raising=False)
+    (tmp_path / "bomb.csv.gz").write_bytes(csv_gz_bomb(90_000))
+    proc = mnist("train", "--dataset", "bomb.csv.gz", "--iterations", "1", "--out", "out.npz", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "bomb.csv.gz: more than 134,217,728 bytes once inflated" in line, line
+    assert "MNIST_MAX_DATASET_BYTES" in line
     assert not (tmp_path / "out.npz").exists()
 
 

@@ -4,31 +4,39 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import time
 import tracemalloc
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shared import datasets
-from shared.dataset_files import read_csv, read_idx, read_idx_folder, read_npz
-from shared.errors import DatasetNotFound
+from shared.dataset_files import Budget, read_csv, read_idx, read_idx_archive, read_idx_folder, read_npz
+from shared.errors import DatasetNotFound, PayloadTooLarge
 from tests.datasets_fixtures import (
+    BLANK_CSV_ROW,
     TEST_IMAGES,
     TEST_LABELS,
     TRAIN_IMAGES,
     TRAIN_LABELS,
+    csv_gz_bomb,
     csv_text,
     digits,
     gz,
     idx_files,
     idx_images,
     idx_labels,
+    idx_tar_bomb,
+    idx_zip_bomb,
     npy_with_header,
     npz_bytes,
+    npz_int64_bomb,
     raises_naming,
+    tar_bytes,
     write_csv,
     write_files,
     write_npz,
@@ -356,3 +364,114 @@ def test_npz_huge_declared_shape_fails_without_allocating(tmp_path: Path, rows: 
 def _member(npz: bytes, name: str) -> bytes:
     with zipfile.ZipFile(io.BytesIO(npz)) as zf:
         return zf.read(name)
+
+
+# --- Inflated bytes --------------------------------------------------------------------------------
+#: The budget of these tests: 1 MiB of inflated data, where a 1,336-image dataset fits.
+LIMIT = 1 << 20
+
+
+def budget() -> Budget:
+    return Budget(LIMIT, "MNIST_MAX_DATASET_BYTES")
+
+
+def refused_within(peak_bytes: int, read: Callable[[], object], *words: str) -> None:
+    """Expect `read` to raise PayloadTooLarge naming the limit, the setting and `words`, using
+    less than `peak_bytes` of Python memory on the way (tracemalloc: NumPy's arrays included)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge) as caught:
+            read()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = caught.value.message
+    assert "1,048,576 bytes once inflated" in message and "MNIST_MAX_DATASET_BYTES" in message, message
+    assert all(word in message for word in words), message
+    assert peak < peak_bytes, f"{peak:,} bytes held to refuse it"
+
+
+def test_an_idx_archive_is_counted_by_what_its_headers_declare_before_it_is_inflated() -> None:
+    # Gzipped members in a plain tar: its index lists 15 KB, the IDX headers 20,000 images.
+    bomb = idx_tar_bomb(20_000)
+    assert len(bomb) < 40_000
+    refused_within(
+        1 << 20,
+        lambda: read_idx_archive(io.BytesIO(bomb), "bomb.tar", budget=budget()),
+        "bomb.tar:train-images-idx3-ubyte.gz",
+        "20,000 images",
+    )
+    # A zip's central directory lists the inflated sizes: refused from the index alone.
+    bomb = idx_zip_bomb(20_000)
+    assert len(bomb) < 40_000
+    refused_within(
+        1 << 20,
+        lambda: read_idx_archive(io.BytesIO(bomb), "bomb.zip", budget=budget()),
+        "bomb.zip",
+        "the sizes of its members",
+    )
+    x, y = digits(1_300)
+    read_idx_archive(io.BytesIO(tar_bytes(idx_files(x, y))), "fits.tgz", budget=budget())
+
+
+def test_an_archives_index_must_fit_too_and_a_tar_is_walked_only_that_far() -> None:
+    x, y = digits(10)
+    members = {"README": bytes(2 * LIMIT), **idx_files(x, y)}  # 2 MiB of zeros before the IDX files
+    for archive in (tar_bytes(members), zip_bytes(members)):
+        refused_within(
+            1 << 20,
+            lambda archive=archive: read_idx_archive(io.BytesIO(archive), "a", budget=budget()),
+            "the sizes of its members",
+        )
+
+
+def test_the_idx_files_of_a_folder_share_one_budget(tmp_path: Path) -> None:
+    x, y = digits(1_000)  # 785,000 bytes: fits alone, not with a test split of 400 more images
+    train = write_files(tmp_path / "train", idx_files(x, y))
+    spent = budget()
+    read_idx_folder(train, budget=spent)
+    assert spent.used == 1_000 * 785
+    both = write_files(tmp_path / "both", idx_files(x, y, x[:400], y[:400]))
+    with raises_naming_limit(both / f"{TEST_IMAGES}.gz"):
+        read_idx_folder(both, budget=budget())
+    with raises_naming_limit(both / f"{TRAIN_IMAGES}.gz"):
+        read_idx(both / f"{TRAIN_IMAGES}.gz", both / f"{TRAIN_LABELS}.gz", budget=Budget(700_000))
+
+
+def raises_naming_limit(path: Path) -> pytest.RaisesExc[PayloadTooLarge]:
+    return pytest.raises(PayloadTooLarge, match=re.escape(f"{path}: more than"))
+
+
+def test_an_npz_is_counted_at_its_dtypes_width(tmp_path: Path) -> None:
+    bomb = npz_int64_bomb(200)  # 200 images: 157 KB of uint8, 1.25 MB as int64
+    assert len(bomb) < 10_000
+    refused_within(
+        1 << 20,
+        lambda: read_npz(write_npz(tmp_path, bomb, "int64.npz"), budget=budget()),
+        "int64.npz",
+        "'x_train': 156,800 values of int64",
+    )
+    x, y = digits(200)
+    splits = read_npz(write_npz(tmp_path, npz_bytes(x_train=x, y_train=y), "uint8.npz"), budget=budget())
+    np.testing.assert_array_equal(splits.x_train, x)
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_csv_text_is_measured_before_it_is_read(tmp_path: Path, gzipped: bool) -> None:
+    if gzipped:
+        data = csv_gz_bomb(20_000)  # 55 KB of gzip, 31 MB of text
+        assert len(data) < 60_000
+        path = write_csv(tmp_path, "", "bomb.csv.gz")
+        path.write_bytes(data)
+        # Inflated a chunk at a time and thrown away: nothing like the 31 MB is held.
+        refused_within(8 << 20, lambda: read_csv(path, budget=budget()), "bomb.csv.gz", "CSV text")
+    else:
+        path = write_csv(tmp_path, "", "plain.csv")
+        path.write_bytes(BLANK_CSV_ROW * 700)  # 1.1 MB
+        refused_within(1 << 20, lambda: read_csv(path, budget=budget()), "1,099,000 bytes of CSV text")
+    x, y = digits(300)  # ~300 KB of text
+    fits = write_csv(tmp_path, "", "fits.csv.gz")
+    fits.write_bytes(gz(csv_text(x, y).encode()))
+    spent = budget()
+    np.testing.assert_array_equal(read_csv(fits, budget=spent)[0], x)
+    assert spent.used == len(csv_text(x, y).encode())

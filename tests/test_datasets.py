@@ -31,17 +31,20 @@ from shared.datasets import (
     read_npz,
     split_holdout,
 )
-from shared.errors import DatasetError, DatasetNotFound, InvalidInput
+from shared.errors import DatasetError, DatasetNotFound, InvalidInput, PayloadTooLarge
 from tests.datasets_fixtures import (
     TRAIN_IMAGES,
     TRAIN_LABELS,
+    csv_gz_bomb,
     csv_text,
     digits,
     gz,
     idx_files,
     idx_images,
     idx_labels,
+    idx_zip_bomb,
     npz_bytes,
+    npz_int64_bomb,
     raises_naming,
     tar_bytes,
     write_csv,
@@ -358,6 +361,31 @@ def test_parse_bytes_errors_name_the_upload() -> None:
         parse_bytes("up.csv", b"1,2,3\n", "csv")
     with raises_naming("up.npz", "not an .npz"):
         parse_bytes("up.npz", b"1,2,3\n", "npz")
+
+
+def test_uploads_and_paths_are_read_within_the_inflated_limit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bombs = {"idx": idx_zip_bomb(2_000), "npz": npz_int64_bomb(200), "csv": csv_gz_bomb(1_000)}
+    refused = "more than 1,000,000 bytes once inflated.*MNIST_MAX_DATASET_BYTES"
+    for kind, data in bombs.items():  # 1.3 to 1.6 MB once inflated, under 10 KB each
+        with pytest.raises(PayloadTooLarge, match=refused):
+            parse_bytes("bomb", data, kind, max_bytes=1_000_000)
+        assert parse_bytes("bomb", data, kind, max_bytes=2_000_000).y_train.size in (200, 1_000, 2_000)
+    # Without a limit given, the setting's: for uploads and for paths (`mnist train --dataset FILE`).
+    monkeypatch.setenv("MNIST_MAX_DATASET_BYTES", "1000000")
+    with pytest.raises(PayloadTooLarge):
+        parse_bytes("bomb", bombs["npz"], "npz")
+    files = {"bomb.zip": bombs["idx"], "bomb.npz": bombs["npz"], "bomb.csv.gz": bombs["csv"]}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(PayloadTooLarge, match=f"{name}: more than 1,000,000 bytes"):
+            load(str(tmp_path / name))
+    folder = write_files(tmp_path / "folder", idx_files(*digits(1_300)))
+    with pytest.raises(PayloadTooLarge, match="MNIST_MAX_DATASET_BYTES"):
+        load(str(folder))
+    # The built-in datasets are trusted files, read whatever the limit on uploads.
+    assert load("mnist-sample").info()["train_size"] == 4_000
 
 
 def test_damaged_uploads_raise_only_dataset_errors() -> None:

@@ -32,9 +32,9 @@ blp = Blueprint("datasets", __name__, url_prefix="/v1/datasets", description="Bu
 CONTENT_TYPES = {"text/csv": "csv", "application/csv": "csv", "application/x-npz": "npz"}
 #: Upload formats (`datasets.parse_bytes`' kinds) by the file kinds that a name or bytes show.
 UPLOAD_FORMATS = {kinds.NPZ: "npz", kinds.CSV: "csv", kinds.IDX_ARCHIVE: "idx"}
-#: Uploads are read one at a time in each process. A compressed body of a few hundred KB may
-#: inflate to MAX_IMAGES images, about 770 MB while it is read and stored: one at a time, a
-#: process needs that once, not once for each of its request threads.
+#: Uploads are read one at a time in each process. A compressed body may inflate to
+#: MNIST_MAX_DATASET_BYTES (counted before it is decompressed), then be copied once or twice while
+#: it is checked and stored: one at a time, a process needs that once, not once per request thread.
 _ONE_UPLOAD_AT_A_TIME = threading.Lock()
 
 
@@ -121,7 +121,11 @@ def get_dataset(name: str) -> dict[str, Any]:
 )
 @blp.alt_response(400, response="BAD_REQUEST", description="not a valid dataset file, with the reason")
 @blp.alt_response(409, response="CONFLICT", description="a built-in or already uploaded name")
-@blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE", description="above MNIST_MAX_DATASET_BYTES")
+@blp.alt_response(
+    413,
+    response="REQUEST_ENTITY_TOO_LARGE",
+    description="above MNIST_MAX_DATASET_BYTES, as sent or once inflated",
+)
 @blp.doc(
     requestBody={
         "required": True,
@@ -149,7 +153,7 @@ def upload(query: dict[str, Any], name: str) -> tuple[dict[str, Any], int, dict[
         raise InvalidInput("the body is empty: send the dataset file")
     kind = _kind(data, query.get("format"), filename)
     with _ONE_UPLOAD_AT_A_TIME:
-        parsed = datasets.parse_bytes(name, data, kind)
+        parsed = datasets.parse_bytes(name, data, kind, services().settings.max_dataset_bytes)
         info = store.put(parsed, replace=False)
         del parsed  # freed before the next upload is read
     return _uploaded(info), 201, {"Location": url_for("datasets.get_dataset", name=name)}

@@ -119,7 +119,7 @@ TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("peak_rss_growth_mib", "API worker peak RSS growth (MiB)"), ("seconds", "request time (s)"),
     ]),
     ("idx_inflating_uploads_at_once",
-     "Hostile input: three such uploads at once to one fresh API process (read one at a time)", [
+     "Hostile input: three such uploads at once to one fresh API process (refused before they inflate)", [
         ("uploads", "uploads"), ("inflated_mib_each", "inflated size of each (MiB)"),
         ("statuses", "statuses"),
         ("peak_rss_growth_mib", "API worker peak RSS growth (MiB)"), ("seconds", "time for all (s)"),
