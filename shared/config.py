@@ -97,6 +97,12 @@ class Settings:
     max_body_bytes: int = _env_field(
         "MNIST_MAX_BODY_BYTES", 64 * 1024 * 1024, "bytes per request body (64 MiB)"
     )
+    eval_cache_mb: int = _env_field(
+        "MNIST_EVAL_CACHE_MB",
+        64,
+        "MiB of datasets each web process keeps for :evaluate, least recently used out first (64 MiB:"
+        " fashion-mnist, 53 MiB, once); a larger dataset is read for its request and not kept",
+    )
     max_dataset_bytes: int = _env_field(
         "MNIST_MAX_DATASET_BYTES",
         128 * 1024 * 1024,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.api.evaluation import MAX_LIMIT, DatasetCache
+from services.api.evaluation import MAX_LIMIT, DatasetCache, dataset_bytes
 from services.app import create_app
 from shared import datasets, mlp, serialization
 from shared.dataset_store import DatasetStore
@@ -176,9 +176,13 @@ def tiny(name: str, seed: int) -> datasets.Dataset:
     )
 
 
+#: Bytes of a `tiny` dataset: 5 images of 784 pixels and their 5 labels.
+TINY_BYTES = 5 * 785
+
+
 def test_dataset_cache_is_a_small_lru_keyed_by_digest() -> None:
     store = FakeStore()
-    cache = DatasetCache(size=2)
+    cache = DatasetCache(max_bytes=2 * TINY_BYTES)  # two of them
     store.data = {"a": tiny("a", 0), "b": tiny("b", 1), "c": tiny("c", 2)}
     assert cache.get("a", store) is cache.get("a", store)  # type: ignore[arg-type]
     assert store.reads == 1
@@ -194,3 +198,26 @@ def test_dataset_cache_is_a_small_lru_keyed_by_digest() -> None:
     assert cache.get("a", store).digest == store.data["a"].digest  # type: ignore[arg-type]
     with pytest.raises(InvalidInput):
         cache.get("gone", store)  # type: ignore[arg-type]
+
+
+def test_dataset_cache_keeps_its_bytes_and_not_a_dataset_larger_than_them() -> None:
+    store = FakeStore()
+    cache = DatasetCache(max_bytes=3 * TINY_BYTES - 1)  # room for two
+    store.data = {name: tiny(name, seed) for seed, name in enumerate("abc")}
+    for name in "abc":
+        cache.get(name, store)  # type: ignore[arg-type]
+        assert cache.held <= cache.max_bytes
+    assert cache.held == 2 * TINY_BYTES
+    rng = np.random.default_rng(3)
+    store.data["big"] = datasets.make_dataset(
+        "big", rng.integers(0, 256, (8, 784), np.uint8), np.arange(8, dtype=np.uint8),
+        rng.integers(0, 256, (8, 784), np.uint8), np.arange(8, dtype=np.uint8), source="test",
+    )  # fmt: skip
+    assert dataset_bytes(store.data["big"]) == 16 * 785 > cache.max_bytes
+    reads = store.reads
+    assert cache.get("big", store).digest == store.data["big"].digest  # type: ignore[arg-type]
+    cache.get("big", store)  # type: ignore[arg-type]
+    assert store.reads == reads + 2  # read for each request, never kept
+    assert cache.held == 2 * TINY_BYTES
+    cache.get("c", store)  # type: ignore[arg-type]
+    assert store.reads == reads + 2  # what was kept is still there

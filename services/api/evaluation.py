@@ -3,8 +3,8 @@
 ``POST /v1/models/<m>/versions/<v>:evaluate`` classifies the first `limit` images of a split of a
 built-in or uploaded dataset (by name, never a path) with the version the prediction service
 holds (its model cache: loaded once, checked against its sha256, shared with the predict
-routes). Datasets are kept in a small per-process LRU:
-reading fashion-mnist's 70,000 images takes seconds, classifying them a fraction of that.
+routes). Datasets are kept in a per-process LRU of at most MNIST_EVAL_CACHE_MB: reading
+fashion-mnist's 70,000 images takes seconds, classifying them a fraction of that.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ MAX_LIMIT = 60_000
 DEFAULT_LIMIT = 10_000
 #: Most misclassified images returned with their pixels (each is ~1 KiB of base64).
 MAX_MISCLASSIFIED = 100
-#: Datasets each process keeps in memory (fashion-mnist holds 55 MB of pixels).
-DATASET_CACHE_SIZE = 3
 #: Images per forward pass: bounds the activations' memory (rows × widest layer × 4 bytes).
 BATCH = 4096
 #: Key of the dataset cache in `app.extensions`.
@@ -108,15 +106,28 @@ class EvaluationSchema(Schema):
     seconds = fields.Float(metadata={"description": "time spent classifying"})
 
 
-class DatasetCache:
-    """The last few datasets loaded, by name (and digest, for uploads that may be replaced)."""
+def dataset_bytes(ds: datasets.Dataset) -> int:
+    """Return the bytes of a dataset's arrays (pixels and labels of both splits)."""
+    arrays = (ds.x_train, ds.y_train, ds.x_test, ds.y_test)
+    return sum(a.nbytes for a in arrays if a is not None)
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+
+class DatasetCache:
+    """The datasets last loaded, by name (and digest, for uploads that may be replaced), within
+    `max_bytes` of arrays: the least recently used go first; one larger than that is not kept."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[str, str], datasets.Dataset] = OrderedDict()
+        self._bytes = 0
         # One lock for lookups and loads: two requests for an uncached 60,000-image set wait for
         # one read rather than each holding a copy.
         self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        """Return the bytes of the datasets kept."""
+        return self._bytes
 
     def get(self, name: str, store: DatasetStore) -> datasets.Dataset:
         """Return dataset `name`, loading it on a miss; InvalidInput when there is none."""
@@ -127,17 +138,26 @@ class DatasetCache:
                     self._items.move_to_end(key)
                     return self._items[key]
                 found = datasets.load(name, uploaded=store.get, allow_paths=False)
-                self._items[key] = found
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
+                self._keep(key, found)
                 return found
         except DatasetNotFound as exc:
             raise InvalidInput(exc.message, {"dataset": [exc.message]}) from None
 
+    def _keep(self, key: tuple[str, str], found: datasets.Dataset) -> None:
+        size = dataset_bytes(found)
+        if size > self.max_bytes:
+            return  # used by the request that loaded it, then freed
+        self._items[key] = found
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= dataset_bytes(old)
+
 
 def _cache() -> DatasetCache:
     # setdefault is atomic: threads racing on the first request agree on one cache.
-    return current_app.extensions.setdefault(CACHE_EXTENSION, DatasetCache(DATASET_CACHE_SIZE))
+    budget = services().settings.eval_cache_mb * 2**20
+    return current_app.extensions.setdefault(CACHE_EXTENSION, DatasetCache(budget))
 
 
 def _split(ds: datasets.Dataset, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
