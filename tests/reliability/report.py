@@ -162,6 +162,46 @@ TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("within_budget", "within the budget"),
         ("job_status", "job"), ("seconds", "duration (s)"),
     ]),
+    ("memory_json_one_image_60mb",
+     "Hostile clients: a JSON prediction of one image of 15 M numbers (60 MB), no token", [
+        ("body_bytes", "body (bytes)"), ("status", "status"),
+        ("peak_rss_growth_mib", "worker peak RSS growth (MiB)"), ("seconds", "request time (s)"),
+    ]),
+    ("memory_json_one_image_60mb_x3", "Hostile clients: three such JSON predictions at once", [
+        ("statuses", "statuses"), ("peak_rss_growth_mib", "worker peak RSS growth (MiB)"),
+        ("seconds", "time for all (s)"),
+    ]),
+    ("memory_v2_data_30m", "Hostile clients: a V2 JSON `data` of 30 M values (60 MB), no token", [
+        ("body_bytes", "body (bytes)"), ("status", "status"),
+        ("peak_rss_growth_mib", "worker peak RSS growth (MiB)"), ("seconds", "request time (s)"),
+    ]),
+    ("memory_json_largest_within_count",
+     "Hostile clients: one image of MNIST_MAX_BATCH × 784 numbers (the most the count lets through)"
+     " beside a valid 10,000-image JSON body", [
+        ("body_bytes", "body (bytes)"), ("status", "status"),
+        ("peak_rss_growth_mib", "worker peak RSS growth (MiB)"), ("seconds", "request time (s)"),
+        ("valid_body_bytes", "valid body (bytes)"), ("valid_status", "its status"),
+        ("valid_peak_rss_growth_mib", "its worker peak RSS growth (MiB)"),
+        ("valid_seconds", "its request time (s)"),
+    ]),
+    ("memory_evaluate_cache", "Hostile clients: :evaluate on uploaded datasets, one after another", [
+        ("datasets", "datasets evaluated"), ("dataset_mib", "size of each (MiB)"),
+        ("statuses", "statuses"), ("budget_mib", "MNIST_EVAL_CACHE_MB"),
+        ("rss_kept_mib", "worker RSS kept afterwards (MiB)"),
+        ("kept_before_mib", "kept before the budget: three datasets (MiB)"),
+    ]),
+    ("memory_upload_bomb_idx", "Hostile clients: an IDX zip upload of ~770 MB once inflated", [
+        ("upload_bytes", "upload (bytes)"), ("inflated_mib", "inflated (MiB)"), ("status", "status"),
+        ("peak_rss_growth_mib", "worker peak RSS growth (MiB)"), ("seconds", "request time (s)"),
+    ]),
+    ("memory_upload_bomb_npz", "Hostile clients: an int64 NPZ upload of ~770 MB once inflated", [
+        ("upload_bytes", "upload (bytes)"), ("inflated_mib", "inflated (MiB)"), ("status", "status"),
+        ("peak_rss_growth_mib", "worker peak RSS growth (MiB)"), ("seconds", "request time (s)"),
+    ]),
+    ("memory_upload_bomb_csv", "Hostile clients: a CSV.gz upload of ~770 MB once inflated", [
+        ("upload_bytes", "upload (bytes)"), ("inflated_mib", "inflated (MiB)"), ("status", "status"),
+        ("peak_rss_growth_mib", "worker peak RSS growth (MiB)"), ("seconds", "request time (s)"),
+    ]),
 ]  # fmt: skip
 
 

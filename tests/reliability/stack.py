@@ -7,6 +7,8 @@ password), the gunicorn that `tests.live_fixtures.start_server` starts, and `pyt
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 import subprocess
 import threading
@@ -300,3 +302,44 @@ class Load:
 
 def median_ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 2) if values else float("nan")
+
+
+# --- memory ---------------------------------------------------------------------------------------
+def reset_peak(pid: int) -> None:
+    """Reset a process's peak resident memory (VmHWM) to its current one (Linux's clear_refs)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+class RssGuard:
+    """A watchdog: SIGKILL any of `pids` whose resident memory passes `limit_mib` (polled every 20 ms).
+
+    A scenario that tries to make a server swallow gigabytes runs inside one, so that a regression
+    fails its test (the process is gone) instead of taking the memory of a shared machine.
+    """
+
+    def __init__(self, pids: list[int], limit_mib: int) -> None:
+        self.pids = pids
+        self.limit_kib = limit_mib * 1024
+        self.killed: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="rss-guard", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            for pid in self.pids:
+                try:
+                    rss = proc_status(pid).get("VmRSS", 0)
+                except OSError:
+                    continue  # gone
+                if rss > self.limit_kib and pid not in self.killed:
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append(pid)
+
+    def __enter__(self) -> RssGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
