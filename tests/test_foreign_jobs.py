@@ -77,14 +77,19 @@ def hook_url() -> Iterator[str]:
 def jobs(redis_client: redis.Redis, stack_env: StackEnv) -> Jobs:
     """Jobs on this test's prefix and queue."""
     settings = dataclasses.replace(
-        Settings.from_env({}), redis_url=stack_env.redis_url, key_prefix=stack_env.prefix, queue=stack_env.queue
+        Settings.from_env({}),
+        redis_url=stack_env.redis_url,
+        key_prefix=stack_env.prefix,
+        queue=stack_env.queue,
     )
     return Jobs(redis_client, settings)
 
 
 def attacker_queue(stack_env: StackEnv) -> Queue:
     """Return the training queue as anyone who can write to Redis sees it (their own connection)."""
-    return Queue(stack_env.queue, connection=redis.Redis.from_url(stack_env.redis_url), serializer=JSONSerializer)
+    return Queue(
+        stack_env.queue, connection=redis.Redis.from_url(stack_env.redis_url), serializer=JSONSerializer
+    )
 
 
 def run_burst(stack_env: StackEnv) -> str:
@@ -118,7 +123,10 @@ def test_foreign_jobs_fail_unrun_and_the_worker_goes_on(
     foreign = {
         "function": queue.enqueue("os.makedirs", str(made / "a"), retry=Retry(max=3)),
         "callback": queue.enqueue(
-            TRAIN_FUNCTION, {"dataset": "nope"}, on_failure=Callback("os.makedirs"), on_success=Callback("os.getcwd")
+            TRAIN_FUNCTION,
+            {"dataset": "nope"},
+            on_failure=Callback("os.makedirs"),
+            on_success=Callback("os.getcwd"),
         ),
         "webhook": queue.enqueue(TRAIN_FUNCTION, dict(TINY), webhooks=[Webhook(hook_url, "failed")]),
         "arguments": queue.enqueue(TRAIN_FUNCTION, dict(TINY), str(made / "b")),
@@ -139,7 +147,9 @@ def test_foreign_jobs_fail_unrun_and_the_worker_goes_on(
     assert Hooks.received == []
     expected = {
         "function": "refused: function 'os.makedirs' is not worker.tasks.train, the only one that runs here",
-        "callback": "refused: it asks for a success_callback and a failure_callback, which this service never sets",
+        "callback": (
+            "refused: it asks for a success_callback and a failure_callback, which this service never sets"
+        ),
         "webhook": "refused: it asks for webhooks, which this service never sets",
         "arguments": "refused: worker.tasks.train takes one spec (a JSON object) and nothing else",
         "keywords": "refused: worker.tasks.train takes one spec (a JSON object) and nothing else",
@@ -184,7 +194,9 @@ def test_refusal_reads_the_stored_payload_only(
     assert reason is None if why is None else why in (reason or ""), reason
 
 
-def test_a_refusal_names_a_long_or_odd_function_on_one_line(redis_client: redis.Redis, stack_env: StackEnv) -> None:
+def test_a_refusal_names_a_long_or_odd_function_on_one_line(
+    redis_client: redis.Redis, stack_env: StackEnv
+) -> None:
     name = "os.system\n" + "x" * 500
     job = attacker_queue(stack_env).enqueue("os.getcwd")
     job.func_name = name

@@ -13,6 +13,10 @@
   batch, and only then swapped in by rebinding one dict entry: requests in flight keep the
   reference they already hold and finish on the old model. A blob that fails its checksum or
   does not parse is refused, the previous version keeps serving, and `status()` says why.
+- What is held is known by number and sha256. A Redis that lost its data hands out version
+  numbers again, for other weights: defaults compare both at every refresh, pinned versions are
+  checked against `Registry.checksums` at every `published` event and poll, and one whose number
+  now names other bytes is dropped (`_verify_pinned`).
 """
 
 from __future__ import annotations
@@ -244,9 +248,10 @@ class ModelCache:
             thread.join(timeout)
 
     def refresh(self) -> None:
-        """Bring every default and alias map held in step with the registry now (what a poll does)."""
+        """Bring every default, pinned version and alias map held in step with the registry now (a poll)."""
         for model in list(self._defaults) + [m for m in list(self._errors) if m not in self._defaults]:
             self._refresh_quietly(model)
+        self._verify_pinned()
         for model in list(self._aliases):
             self._refresh_aliases(model)
 
@@ -257,7 +262,7 @@ class ModelCache:
     def _refresh_default(self, model: str) -> LoadedModel:
         """Resolve the model's default in Redis and swap it in if it changed; hold the stripe."""
         target = self.registry.resolve(model)
-        sha256 = self.registry.record(model, target).sha256
+        sha256 = self.registry.checksum(model, target)
         current = self._defaults.get(model)
         if current is not None and current.version == target and current.sha256 == sha256:
             self._errors.pop(model, None)
@@ -330,6 +335,31 @@ class ModelCache:
             while len(self._pinned) > max(self.settings.model_cache_size, 1):
                 self._pinned.popitem(last=False)
 
+    def _verify_pinned(self, model: str | None = None) -> None:
+        """Drop the pinned versions (of `model`, or all) whose number the registry gives other bytes now.
+
+        A Redis that lost its data counts versions from 1 again, for other weights: a number held
+        here is compared by sha256 with the registry's record of it. A number the registry no
+        longer knows keeps serving from memory, as everything does while Redis is away.
+        """
+        with self._lock:
+            held = [(m, v, loaded.sha256) for (m, v), loaded in self._pinned.items() if model in (None, m)]
+        for name in sorted({m for m, _, _ in held}):
+            mine = [(v, sha256) for m, v, sha256 in held if m == name]
+            current = self.registry.checksums(name, [v for v, _ in mine])
+            for version, sha256 in mine:
+                now = current.get(version)
+                if now is None or now == sha256:
+                    continue
+                with self._lock:
+                    hit = self._pinned.get((name, version))
+                    if hit is not None and hit.sha256 == sha256:
+                        del self._pinned[(name, version)]
+                log.warning(
+                    "%s: v%d in memory (sha256 %.12s) is not the registry's v%d any more (%.12s): dropped",
+                    name, version, sha256, version, now,
+                )  # fmt: skip
+
     def _alias_version(self, model: str, alias: str) -> int:
         """Return the version an alias names, from the map in memory or, if it lacks it, Redis."""
         check_name(model)
@@ -387,6 +417,8 @@ class ModelCache:
         if kind == "deleted" and isinstance(version, int):
             with self._lock:
                 self._pinned.pop((model, version), None)
+        if kind == "published":
+            self._verify_pinned(model)  # a number handed out again after Redis lost its data
         if kind == "alias" and model in self._aliases:
             self._refresh_aliases(model)
         if model in self._defaults or model in self._errors:
