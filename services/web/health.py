@@ -27,9 +27,9 @@ class ReadySchema(Schema):
 
 
 def redis_ok() -> bool:
-    """Return True when Redis answers a PING."""
+    """Return True when Redis answers a PING within a fraction of a second (its own connection)."""
     try:
-        return bool(services().redis.ping())
+        return bool(services().probe.ping())
     except (redis.RedisError, OSError):
         return False
 
