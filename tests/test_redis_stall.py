@@ -152,7 +152,7 @@ def test_redis_commands_are_retried_after_a_connection_error_never_after_a_timeo
     try:
         for client in clients[:2]:  # the requests' and the watcher's
             calls.clear()
-            retry = client.connection_pool.connection_kwargs["retry"]  # what each connection uses
+            retry = client.connection_pool.make_connection().retry  # a connection's own (not connected)
             with pytest.raises(error):
                 retry.call_with_retry(fail, lambda exc: None)
             assert len(calls) == attempts

@@ -353,7 +353,10 @@ class ModelCache:
             held = [(m, v, loaded.sha256) for (m, v), loaded in self._pinned.items() if model in (None, m)]
         for name in sorted({m for m, _, _ in held}):
             mine = [(v, sha256) for m, v, sha256 in held if m == name]
-            current = source.checksums(name, [v for v, _ in mine])
+            try:
+                current = source.checksums(name, [v for v, _ in mine])
+            except MnistError:  # an unreadable record: nothing to compare with, keep what is held
+                continue
             for version, sha256 in mine:
                 now = current.get(version)
                 if now is None or now == sha256:
