@@ -97,9 +97,9 @@ class TrainingWorker(Worker):
                 job_id, queue = getattr(exc, "job_id", None), getattr(exc, "queue", None)
                 if not isinstance(job_id, str) or not isinstance(queue, Queue):
                     raise
-                self.log.error(
-                    "Worker %s: job %s refused: RQ cannot read it (%s: %s)",
-                    self.name, job_id, type(exc).__name__, exc,
+                self.log.error(  # %r: the message may quote the hash's bytes, newlines included
+                    "Worker %s: job %s refused: RQ cannot read it (%s: %.200r)",
+                    self.name, job_id, type(exc).__name__, str(exc),
                 )  # fmt: skip
                 # Out of the intermediate list too, or each maintenance pass would trip on it.
                 self.connection.lrem(queue.intermediate_queue_key, 0, job_id)
