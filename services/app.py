@@ -8,20 +8,28 @@ Settings come from their defaults, then the environment (`Settings.from_env`), t
 lower-case keys override `Settings` fields, upper-case keys go to `app.config` as they are.
 Redis, the registry, the jobs queue, the dataset store and the prediction service live in
 ``app.extensions["mnist"]`` (see web/context.py); one blueprint per resource.
+
+A Redis that hangs must not take the process with it (`redis_clients`). Requests reach Redis
+through at most `MNIST_REDIS_SLOTS` connections per process (half its threads by default): a
+request that finds them all busy for `REDIS_SLOT_WAIT` s is answered 503 at once, so that the
+other threads stay free for predictions answered from memory. Each command fails after
+`MNIST_REDIS_TIMEOUT` s and is not retried after a timeout. The model cache's watcher threads
+and `/readyz` (a PING of at most `READY_PING_TIMEOUT` s) have connections of their own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 from flask_smorest import Api
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from services.api import dashboard, datasets, evaluation, jobs, models
@@ -29,6 +37,7 @@ from services.predictor import v1, v2
 from services.serving.service import PredictionService
 from services.web import errors, health, metrics
 from services.web.context import EXTENSION, Services
+from services.web.errors import RedisBusy
 from shared import __version__
 from shared.config import Settings
 from shared.dataset_store import DatasetStore
@@ -40,11 +49,15 @@ log = logging.getLogger(__name__)
 
 #: Service version reported by /v2 and the OpenAPI document.
 VERSION = __version__
-#: Seconds a Redis command may take before the request falls back or fails (never hangs).
-REDIS_SOCKET_TIMEOUT = 2.0
-#: Retries of a Redis command after a connection error (redis-py's default, 10, makes each
-#: command against a dead Redis take seconds; the model cache serves from memory meanwhile).
+#: Retries of a Redis command after a connection error (a restart, a dropped connection), never
+#: after a timeout: a Redis that hangs would hang again, and a write may have been applied.
+#: redis-py's default, 10, makes each command against a dead Redis take seconds.
 REDIS_RETRIES = 2
+#: Seconds a request waits for one of its process's Redis connections before its 503 (a Redis
+#: that answers frees one in well under a millisecond).
+REDIS_SLOT_WAIT = 0.1
+#: Seconds /readyz waits for Redis's PING: well inside the compose healthcheck's 3 s.
+READY_PING_TIMEOUT = 0.5
 
 DEFAULTS: dict[str, Any] = {
     "API_TITLE": "mnist-service",
@@ -65,6 +78,48 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class _Slots(queue.LifoQueue):
+    """The connection slots of a `BlockingConnectionPool`, whose timeout raises RedisBusy."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        try:
+            return super().get(block, timeout)
+        except queue.Empty:
+            raise RedisBusy(f"the {self.maxsize} Redis connections of this process are all in use") from None
+
+
+class RedisClients(NamedTuple):
+    """The Redis clients of one web process (see the module docstring)."""
+
+    requests: redis.Redis
+    watcher: redis.Redis
+    probe: redis.Redis
+
+
+def redis_clients(settings: Settings) -> RedisClients:
+    """Return the requests' client (at most `redis_slots` connections), the watcher's and /readyz's."""
+    slots = settings.redis_slots or max(1, settings.web_threads // 2)
+    common: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        "retry": Retry(
+            ExponentialBackoff(cap=0.5, base=0.05), REDIS_RETRIES, supported_errors=(redis.ConnectionError,)
+        ),
+        "health_check_interval": 30,
+    }
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=slots, timeout=REDIS_SLOT_WAIT, queue_class=_Slots, **common
+    )
+    probe = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=READY_PING_TIMEOUT,
+        socket_connect_timeout=READY_PING_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+    )
+    watcher = redis.Redis.from_url(settings.redis_url, **common)
+    return RedisClients(redis.Redis(connection_pool=pool), watcher, probe)
+
+
 def _settings(config: Mapping[str, Any] | None) -> Settings:
     settings = Settings.from_env()
     names = {f.name for f in dataclasses.fields(Settings)}
@@ -83,19 +138,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config.update({k: v for k, v in (config or {}).items() if k.isupper()})
 
-    conn = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=REDIS_SOCKET_TIMEOUT,
-        socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), REDIS_RETRIES),
-        health_check_interval=30,
-    )
+    clients = redis_clients(settings)
+    conn = clients.requests
     keys = Keys(settings.key_prefix)
     registry = Registry(conn, keys, retention=settings.retention)
-    predictions = PredictionService(registry, settings)
+    watcher = Registry(clients.watcher, keys, retention=settings.retention)
+    predictions = PredictionService(registry, settings, watcher=watcher)
     app.extensions[EXTENSION] = Services(
         settings=settings,
         redis=conn,
+        probe=clients.probe,
         keys=keys,
         registry=registry,
         jobs=Jobs(conn, settings),

@@ -87,6 +87,17 @@ class Settings:
     )
     # Registry.
     retention: int = _env_field("MNIST_RETENTION", 20, "unaliased versions kept per model")
+    redis_timeout: float = _env_field(
+        "MNIST_REDIS_TIMEOUT",
+        1.0,
+        "seconds a Redis command of the web server may take (or its connection) before it fails: a 503",
+    )
+    redis_slots: int = _env_field(
+        "MNIST_REDIS_SLOTS",
+        0,
+        "request threads per web server process that may wait on Redis at once (0: half of MNIST_THREADS);"
+        " the others keep answering from memory while Redis hangs",
+    )
     # Prediction.
     poll_interval: float = _env_field("MNIST_POLL_INTERVAL", 2.0, "seconds between registry polls")
     model_cache_size: int = _env_field("MNIST_MODEL_CACHE", 8, "pinned versions held in memory")

@@ -3,6 +3,10 @@
 A job's status is one of `JobState`; RQ's finer states fold into it (scheduled and deferred
 are queued, RQ's own stop is canceled). A running job cancels cooperatively: a stop flag that
 the training loop reads between steps, so it ends as `canceled` with nothing published.
+
+Whoever can write to Redis can put a job on the queue, and RQ would import and call whatever
+function it names. `refusal` says what a job of ours looks like (`TRAIN_FUNCTION` on one spec,
+nothing else to call), and the worker runs nothing else (worker/runner.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, cast
 
 import redis
 from rq import Queue, Retry
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
@@ -36,6 +40,10 @@ STOP_FLAG_TTL = 3600
 CANCEL_WAIT = 5.0
 #: A job id as RQ accepts one (it raises ValueError on anything else; ours are 32 hex digits).
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Characters of a foreign job's function name quoted in a refusal (names come from anyone).
+SHOWN_NAME_CHARS = 80
+#: Fields of RQ's job hash that name more functions to import and call: a job of ours has none.
+CALLBACK_FIELDS = ("success_callback_name", "failure_callback_name", "stopped_callback_name")
 
 
 class JobState(enum.StrEnum):
@@ -144,7 +152,7 @@ class Jobs:
         return {
             "id": job.id,
             "status": state.value,
-            "spec": meta.get("spec") or (job.args[0] if job.args else None),
+            "spec": meta.get("spec") or _spec_argument(job),
             "progress": meta.get("progress"),
             "curve": meta.get("curve", []),
             "result": result,
@@ -233,6 +241,43 @@ class Jobs:
                 break
             time.sleep(0.05)
         return job
+
+
+def refusal(job: Job) -> str | None:
+    """Return why `job` is not a training job as `Jobs.submit` writes it, or None if it is one.
+
+    Reads only the job's stored JSON: nothing is imported or resolved. Ours call `TRAIN_FUNCTION`
+    on one spec (a JSON object), on no instance, with no callbacks and no webhooks.
+    """
+    try:
+        name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
+        stored = job.to_dict(include_meta=False, include_result=False)
+    except (DeserializationError, ValueError, TypeError):
+        return f"refused: its payload is not the JSON of a job (only {TRAIN_FUNCTION} runs here)"
+    if name != TRAIN_FUNCTION:
+        shown = repr(name)
+        if len(shown) > SHOWN_NAME_CHARS:
+            shown = shown[: SHOWN_NAME_CHARS - 3] + "..."
+        return f"refused: function {shown} is not {TRAIN_FUNCTION}, the only one that runs here"
+    if instance is not None:
+        return f"refused: {TRAIN_FUNCTION} is a function, not a method of an instance"
+    if kwargs != {} or not isinstance(args, (list, tuple)) or len(args) != 1 or not isinstance(args[0], dict):
+        return f"refused: {TRAIN_FUNCTION} takes one spec (a JSON object) and nothing else"
+    callbacks = [f.removesuffix("_name") for f in CALLBACK_FIELDS if stored.get(f)]
+    if callbacks:
+        return f"refused: it asks for a {' and a '.join(callbacks)}, which this service never sets"
+    if stored.get("webhooks"):
+        return "refused: it asks for webhooks, which this service never sets"
+    return None
+
+
+def _spec_argument(job: Job) -> dict[str, Any] | None:
+    """Return the spec a job was called with, or None (a foreign job's payload may not even be JSON)."""
+    try:
+        args = job.args
+    except DeserializationError:
+        return None
+    return args[0] if isinstance(args, (list, tuple)) and args and isinstance(args[0], dict) else None
 
 
 def _now() -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn, cast
@@ -33,6 +34,10 @@ from shared.spec import valid_name
 PRODUCTION = "production"
 #: Unaliased versions kept per model by default (see `Settings.retention`).
 DEFAULT_RETENTION = 20
+#: Bytes at the head of a stored record read to find its sha256 (`publish` writes the version,
+#: the model name, at most 64 characters, and the sha256 first: about 180 bytes).
+RECORD_HEAD_BYTES = 256
+_HEAD_SHA256 = re.compile(rb'^\{"version":\d+,"model":"[^"]*","sha256":"([0-9a-f]{64})"')
 
 # Status codes the scripts return instead of raising, mapped to domain errors by `_raise`.
 _OK, _NO_MODEL, _NO_VERSION, _NO_ALIAS, _IN_USE = 0, -1, -2, -3, -4
@@ -243,6 +248,7 @@ class Registry:
         if not isinstance(metadata, dict):
             raise InvalidInput("metadata must be a JSON object")
         blob = bytes(blob)
+        # The version (the script's), model and sha256 come first: `checksums` reads only that head.
         record = {
             "model": model,
             "sha256": hashlib.sha256(blob).hexdigest(),
@@ -338,6 +344,38 @@ class Registry:
         if raw is None:
             self._missing(model, version)
         return self._parse(model, version, raw)
+
+    def checksums(self, model: str, versions: Iterable[int]) -> dict[int, str]:
+        """Return the sha256 of each of `versions` that has a record; one round trip, a few bytes each.
+
+        Model caches compare it with what they hold: a Redis that lost its data hands out version
+        numbers again, for other weights.
+        """
+        check_name(model)
+        numbers = [check_version(v) for v in versions]
+        pipe = self.redis.pipeline(transaction=False)
+        for v in numbers:
+            pipe.getrange(self.keys.record(model, v), 0, RECORD_HEAD_BYTES - 1)
+        found: dict[int, str] = {}
+        for v, head in zip(numbers, pipe.execute(), strict=True):
+            if not head:  # no record (GETRANGE of a missing key is empty)
+                continue
+            match = _HEAD_SHA256.match(head)
+            if match:
+                found[v] = match.group(1).decode()
+                continue
+            try:  # a record laid out otherwise: read it whole
+                found[v] = self.record(model, v).sha256
+            except (ModelNotFound, VersionNotFound):
+                continue  # deleted meanwhile
+        return found
+
+    def checksum(self, model: str, version: int) -> str:
+        """Return a version's sha256 (ModelNotFound / VersionNotFound when it has no record)."""
+        found = self.checksums(model, [version]).get(version)
+        if found is None:
+            self._missing(model, version)
+        return found
 
     def resolve(self, model: str, *, version: int | None = None, alias: str | None = None) -> int:
         """Return the version asked for: `version`, else `alias`, else production, else latest."""

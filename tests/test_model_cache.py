@@ -21,6 +21,7 @@ from shared.errors import AliasNotFound, InvalidInput, ModelNotFound, ServiceUna
 from shared.keys import Keys
 from shared.registry import Registry
 from tests.live_fixtures import free_port
+from tests.redis_fixtures import delete_prefix
 
 #: Hidden units of the test models: small, so publishing and loading take milliseconds.
 HIDDEN = 16
@@ -234,6 +235,57 @@ def test_redis_away_serves_memory_and_reports_it(cache: ModelCache, registry: Re
 
     cache.registry = registry  # Redis is back
     wait_for(lambda: cache.status()["digits"]["error"] is None, what="outage cleared")
+
+
+def predicted_label(loaded: LoadedModel) -> int:
+    """Return the label a model answers for a blank image (a label model answers its label)."""
+    return int(loaded.predict_proba(np.zeros((1, mlp.INPUT_SIZE), np.float32)).argmax())
+
+
+@pytest.mark.parametrize("follow", ["events", "poll"])
+def test_a_version_number_handed_out_again_serves_the_new_weights(
+    registry: Registry, settings: Settings, redis_client: redis.Redis, keys: Keys, follow: str
+) -> None:
+    cache = ModelCache(registry, settings)
+    try:
+        publish(registry, "digits", 1, label=1)
+        v2 = publish(registry, "digits", 2, label=2)
+        assert cache.get("digits").version == v2  # the default
+        old = cache.get("digits", version=1)  # pinned
+        assert predicted_label(old) == 1
+        if follow == "poll":
+            cache._listen = lambda: None  # type: ignore[method-assign]
+        cache.start()
+
+        # Redis loses its data: the counter starts again, and v1 now names other weights.
+        delete_prefix(redis_client, keys.prefix)
+        time.sleep(settings.poll_interval * 2)  # polls that find nothing: what is held serves on
+        assert cache.get("digits", version=1) is old and cache.get("digits").version == v2
+        # Two publishes: the default moves to the new v2, and v1 is served from the pinned entries.
+        assert [publish(registry, "digits", 7, label=7), publish(registry, "digits", 8, label=8)] == [1, 2]
+        new_sha = registry.checksum("digits", 1)
+
+        wait_for(lambda: predicted_label(cache.get("digits")) == 8, what="the new v2 as the default")
+        # Now v1 no longer answers through the default (which may have been the new v1 a moment).
+        took = wait_for(lambda: cache.get("digits", version=1).sha256 == new_sha, what="the new v1 pinned")
+        assert predicted_label(cache.get("digits", version=1)) == 7
+        assert took < 5.0  # an event: milliseconds; a poll: within MNIST_POLL_INTERVAL (0.2 s here)
+    finally:
+        cache.stop()
+
+
+def test_a_pinned_version_the_registry_no_longer_knows_serves_on(
+    cache: ModelCache, registry: Registry, redis_client: redis.Redis, keys: Keys
+) -> None:
+    publish(registry, "digits", 1, label=1)
+    publish(registry, "digits", 2, label=2)
+    pinned = cache.get("digits", version=1)
+    delete_prefix(redis_client, keys.prefix)
+    cache.refresh()
+    assert cache.get("digits", version=1) is pinned  # unknown is not "other bytes": kept
+    publish(registry, "digits", 3, label=3)  # v1 again, other bytes
+    cache.refresh()
+    assert predicted_label(cache.get("digits", version=1)) == 3
 
 
 def test_status_describes_what_is_held(cache: ModelCache, registry: Registry) -> None:

@@ -16,6 +16,13 @@ When Redis goes away (a restart, a failover), every Redis command of the worker 
 horse retries for about a minute (`REDIS_RETRY`) instead of failing: RQ itself survives an outage
 only while idle, and a worker monitoring a running job would otherwise quit on the first
 heartbeat that fails (and its job would fail with it).
+
+Redis is a trust boundary: anyone who can write to it can queue a job, and RQ imports and calls
+the function a job names. The worker runs only `shared.jobs.TRAIN_FUNCTION` on one spec: any
+other job (`shared.jobs.refusal` says why) is failed before it is forked, imported or resolved,
+with its reason in the job's ``meta["error"]`` and one log line, never retried, and the worker
+takes the next job. A job that RQ cannot even read (a damaged hash) is dropped with a log line
+instead of stopping the worker, as RQ would.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ from redis.retry import Retry
 from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.utils import now
 
 from shared.config import Settings
+from shared.jobs import refusal
 from worker import tasks
 
 #: Seconds between heartbeats of a running job.
@@ -50,7 +59,64 @@ REDIS_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), 35)
 
 
 class TrainingWorker(Worker):
-    """An RQ `Worker` whose job heartbeats expire in seconds rather than a minute."""
+    """An RQ `Worker` that runs training jobs only, and whose job heartbeats expire in seconds."""
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run `job` in a work horse if it is a training job of ours, else fail it unrun."""
+        reason = refusal(job)
+        if reason is None:
+            super().execute_job(job, queue)
+        else:
+            self.refuse(job, queue, reason)
+
+    def refuse(self, job: Job, queue: Queue, reason: str) -> None:
+        """Fail `job` without running anything of it: no fork, no import, no callback, no retry."""
+        self.log.error("Worker %s: job %s %s", self.name, job.id, reason)
+        # RQ's bookkeeping of a job that raised, minus all that reads the job's payload or acts on
+        # its requests: failing a job sends its "failed" webhooks, and a retry would bring it back.
+        job.webhooks = []
+        job.retries_left = 0
+        job.meta = {"error": reason}  # a foreign meta may not even serialize: ours replaces it
+        job.save_meta()
+        self.connection.lrem(queue.intermediate_queue_key, 0, job.id)
+        job.ended_at = now()
+        self.handle_job_failure(job, queue, exc_string=reason)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """Return the next job and its queue (None when idle); a job RQ cannot read is dropped."""
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except redis.RedisError:
+                raise
+            except Exception as exc:
+                # RQ tags an unreadable job's error with its id and queue, then lets it stop the
+                # worker: a damaged hash in Redis would stop every worker that dequeues it.
+                job_id, queue = getattr(exc, "job_id", None), getattr(exc, "queue", None)
+                if not isinstance(job_id, str) or not isinstance(queue, Queue):
+                    raise
+                self.log.error(  # %r: the message may quote the hash's bytes, newlines included
+                    "Worker %s: job %s refused: RQ cannot read it (%s: %.200r)",
+                    self.name, job_id, type(exc).__name__, str(exc),
+                )  # fmt: skip
+                # Out of the intermediate list too, or each maintenance pass would trip on it.
+                self.connection.lrem(queue.intermediate_queue_key, 0, job_id)
+
+    def run_maintenance_tasks(self) -> None:
+        """Run RQ's maintenance; an error other than Redis's is logged, and the worker goes on."""
+        try:
+            super().run_maintenance_tasks()
+        except redis.RedisError:
+            raise
+        except Exception:
+            # RQ's registry cleaning reads every job it lists: one it cannot read would otherwise
+            # stop the worker at every pass.
+            self.log.exception(
+                "Worker %s: maintenance failed, next pass in %d s", self.name, self.maintenance_interval
+            )
+            self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ's own hint says None only
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         """Return how long the job's heartbeat stays valid (see the module docstring)."""

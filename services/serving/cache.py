@@ -8,11 +8,17 @@
   and polls keep fresh; when Redis is away the map held in memory answers.
 - Two daemon threads keep defaults fresh: one listens to the registry's pub/sub events, one
   polls every `Settings.poll_interval` seconds (events are fire-and-forget: a predictor that was
-  disconnected misses them) and the listener re-subscribes after Redis comes back.
+  disconnected misses them) and the listener re-subscribes after Redis comes back. They read
+  through `watcher`, a registry on connections of their own: the requests' connections are
+  bounded per process (services/app.py), and the threads must neither take nor wait for them.
 - A new version is fetched (`Registry.get_blob` checks its sha256), parsed, warmed up on a small
   batch, and only then swapped in by rebinding one dict entry: requests in flight keep the
   reference they already hold and finish on the old model. A blob that fails its checksum or
   does not parse is refused, the previous version keeps serving, and `status()` says why.
+- What is held is known by number and sha256. A Redis that lost its data hands out version
+  numbers again, for other weights: defaults compare both at every refresh, pinned versions are
+  checked against `Registry.checksums` at every `published` event and poll, and one whose number
+  now names other bytes is dropped (`_verify_pinned`).
 """
 
 from __future__ import annotations
@@ -150,9 +156,10 @@ def prepare(model: str, version: int, sha256: str, blob: bytes) -> LoadedModel:
 class ModelCache:
     """Models held in memory for predictions, kept in step with the registry (see module doc)."""
 
-    def __init__(self, registry: Registry, settings: Settings) -> None:
-        """Serve from `registry`; nothing is loaded or started until asked."""
+    def __init__(self, registry: Registry, settings: Settings, *, watcher: Registry | None = None) -> None:
+        """Serve from `registry` (the background threads from `watcher`, if given); load nothing yet."""
         self.registry = registry
+        self.watcher = watcher
         self.settings = settings
         self._defaults: dict[str, LoadedModel] = {}
         self._pinned: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
@@ -187,7 +194,7 @@ class ModelCache:
             loaded = self._defaults.get(model)
             if loaded is None:
                 try:
-                    loaded = self._refresh_default(model)
+                    loaded = self._refresh_default(model, self.registry)
                 except CorruptModel as exc:
                     self._errors[model] = f"{exc.message}; nothing to serve"
                     raise ServiceUnavailable(f"{model} {exc.message}") from None
@@ -244,9 +251,10 @@ class ModelCache:
             thread.join(timeout)
 
     def refresh(self) -> None:
-        """Bring every default and alias map held in step with the registry now (what a poll does)."""
+        """Bring every default, pinned version and alias map held in step with the registry now (a poll)."""
         for model in list(self._defaults) + [m for m in list(self._errors) if m not in self._defaults]:
             self._refresh_quietly(model)
+        self._verify_pinned(self._watching())
         for model in list(self._aliases):
             self._refresh_aliases(model)
 
@@ -254,15 +262,19 @@ class ModelCache:
     def _stripe(self, model: str) -> threading.Lock:
         return self._stripes[zlib.crc32(model.encode()) % LOCK_STRIPES]
 
-    def _refresh_default(self, model: str) -> LoadedModel:
-        """Resolve the model's default in Redis and swap it in if it changed; hold the stripe."""
-        target = self.registry.resolve(model)
-        sha256 = self.registry.record(model, target).sha256
+    def _watching(self) -> Registry:
+        """Return the registry the background threads read."""
+        return self.watcher or self.registry
+
+    def _refresh_default(self, model: str, source: Registry) -> LoadedModel:
+        """Resolve the model's default in `source` and swap it in if it changed; hold the stripe."""
+        target = source.resolve(model)
+        sha256 = source.checksum(model, target)
         current = self._defaults.get(model)
         if current is not None and current.version == target and current.sha256 == sha256:
             self._errors.pop(model, None)
             return current
-        loaded = self._cached(model, target, sha256) or self._load(model, target)
+        loaded = self._cached(model, target, sha256) or self._load(model, target, source)
         self._defaults[model] = loaded  # the swap: requests holding the old one finish on it
         self._errors.pop(model, None)
         MODEL_VERSION.labels(model).set(loaded.version)
@@ -275,14 +287,14 @@ class ModelCache:
             hit = self._pinned.get((model, version))
         return hit if hit is not None and hit.sha256 == sha256 else None
 
-    def _load(self, model: str, version: int) -> LoadedModel:
-        """Fetch, verify, parse and warm up one version; CorruptModel if it must be refused."""
+    def _load(self, model: str, version: int, source: Registry) -> LoadedModel:
+        """Fetch, verify, parse and warm up one version from `source`; CorruptModel if it must be refused."""
         refused = self._refused.get((model, version))
         if refused and time.monotonic() - refused[0] < REFUSED_RETRY_SECONDS:
             raise CorruptModel(refused[1])
         started = time.perf_counter()
         try:
-            blob, record = self.registry.get_blob(model, version)
+            blob, record = source.get_blob(model, version)
             loaded = prepare(model, version, record.sha256, blob)
         except (CorruptModel, InvalidInput) as exc:
             RELOADS.labels(model, "corrupt").inc()
@@ -298,8 +310,8 @@ class ModelCache:
         RELOAD_SECONDS.labels(model).observe(time.perf_counter() - started)
         return loaded
 
-    def _version(self, model: str, version: int) -> LoadedModel:
-        """Return a pinned version from memory, loading it on first use."""
+    def _version(self, model: str, version: int, source: Registry | None = None) -> LoadedModel:
+        """Return a pinned version from memory, loading it on first use (from `source`, else `registry`)."""
         check_name(model)
         check_version(version)
         default = self._defaults.get(model)
@@ -316,7 +328,7 @@ class ModelCache:
                 hit = self._pinned.get(key)
             if hit is None:
                 try:
-                    hit = self._load(model, version)
+                    hit = self._load(model, version, source or self.registry)
                 except CorruptModel as exc:
                     raise ServiceUnavailable(f"{model} {exc.message}") from None
                 except REDIS_ERRORS as exc:
@@ -330,6 +342,34 @@ class ModelCache:
             while len(self._pinned) > max(self.settings.model_cache_size, 1):
                 self._pinned.popitem(last=False)
 
+    def _verify_pinned(self, source: Registry, model: str | None = None) -> None:
+        """Drop the pinned versions (of `model`, or all) whose number `source` gives other bytes now.
+
+        A Redis that lost its data counts versions from 1 again, for other weights: a number held
+        here is compared by sha256 with the registry's record of it. A number the registry no
+        longer knows keeps serving from memory, as everything does while Redis is away.
+        """
+        with self._lock:
+            held = [(m, v, loaded.sha256) for (m, v), loaded in self._pinned.items() if model in (None, m)]
+        for name in sorted({m for m, _, _ in held}):
+            mine = [(v, sha256) for m, v, sha256 in held if m == name]
+            try:
+                current = source.checksums(name, [v for v, _ in mine])
+            except MnistError:  # an unreadable record: nothing to compare with, keep what is held
+                continue
+            for version, sha256 in mine:
+                now = current.get(version)
+                if now is None or now == sha256:
+                    continue
+                with self._lock:
+                    hit = self._pinned.get((name, version))
+                    if hit is not None and hit.sha256 == sha256:
+                        del self._pinned[(name, version)]
+                log.warning(
+                    "%s: v%d in memory (sha256 %.12s) is not the registry's v%d any more (%.12s): dropped",
+                    name, version, sha256, version, now,
+                )  # fmt: skip
+
     def _alias_version(self, model: str, alias: str) -> int:
         """Return the version an alias names, from the map in memory or, if it lacks it, Redis."""
         check_name(model)
@@ -337,7 +377,7 @@ class ModelCache:
         aliases = self._aliases.get(model)
         if aliases is None or alias not in aliases:
             try:
-                aliases = self._fetch_aliases(model)
+                aliases = self._fetch_aliases(model, self.registry)
             except REDIS_ERRORS as exc:
                 if aliases is None:
                     raise ServiceUnavailable(f"the registry does not answer ({exc})") from None
@@ -346,8 +386,8 @@ class ModelCache:
         self._followed.add((model, alias))
         return aliases[alias]
 
-    def _fetch_aliases(self, model: str) -> dict[str, int]:
-        aliases = self.registry.aliases(model)
+    def _fetch_aliases(self, model: str, source: Registry) -> dict[str, int]:
+        aliases = source.aliases(model)
         self._aliases[model] = aliases
         return aliases
 
@@ -356,7 +396,7 @@ class ModelCache:
         """Refresh a default from the watcher: failures are recorded, the old version serves on."""
         try:
             with self._stripe(model):
-                self._refresh_default(model)
+                self._refresh_default(model, self._watching())
         except CorruptModel as exc:
             held = self._defaults.get(model)
             self._errors[model] = f"{exc.message}; " + (
@@ -368,13 +408,13 @@ class ModelCache:
     def _refresh_aliases(self, model: str) -> None:
         """Reload a model's alias map; warm the versions followed aliases now name."""
         try:
-            aliases = self._fetch_aliases(model)
+            aliases = self._fetch_aliases(model, self._watching())
         except MnistError:
             return
         for m, alias in list(self._followed):
             if m == model and alias in aliases:
                 try:
-                    self._version(model, aliases[alias])
+                    self._version(model, aliases[alias], self._watching())
                 except MnistError as exc:
                     log.warning("%s: cannot preload alias %s -> v%d: %s", model, alias, aliases[alias], exc)
 
@@ -387,6 +427,9 @@ class ModelCache:
         if kind == "deleted" and isinstance(version, int):
             with self._lock:
                 self._pinned.pop((model, version), None)
+        if kind == "published":
+            # A number handed out again, after Redis lost its data?
+            self._verify_pinned(self._watching(), model)
         if kind == "alias" and model in self._aliases:
             self._refresh_aliases(model)
         if model in self._defaults or model in self._errors:
@@ -399,7 +442,7 @@ class ModelCache:
         while not self._stop.is_set():
             pubsub = None
             try:
-                pubsub = self.registry.subscribe()
+                pubsub = self._watching().subscribe()
                 self.refresh()  # whatever happened while (re)connecting was not announced to us
                 backoff = RECONNECT_BACKOFF
                 while not self._stop.is_set():
@@ -422,7 +465,7 @@ class ModelCache:
         self._preload()
         while not self._stop.wait(self.settings.poll_interval):
             try:
-                self.registry.redis.ping()
+                self._watching().redis.ping()
                 self.refresh()
                 self._registry_error = None
             except REDIS_ERRORS as exc:

@@ -38,11 +38,14 @@ class Prediction:
 class PredictionService:
     """Models resolved, held and run for one process; one per app (`Services.predictions`)."""
 
-    def __init__(self, registry: Registry, settings: Settings) -> None:
-        """Serve the versions of `registry`; nothing loads until asked, or until `start()`."""
+    def __init__(self, registry: Registry, settings: Settings, *, watcher: Registry | None = None) -> None:
+        """Serve the versions of `registry`; nothing loads until asked, or until `start()`.
+
+        `watcher`, the same registry on connections of its own, serves the hot-reload threads.
+        """
         self.registry = registry
         self.settings = settings
-        self.cache = ModelCache(registry, settings)
+        self.cache = ModelCache(registry, settings, watcher=watcher)
 
     def model(self, name: str, version: int | None = None, alias: str | None = None) -> LoadedModel:
         """Return the version that answers for `name`: `version`, else `alias`, else the default.

@@ -23,6 +23,9 @@ class Services:
     """The app's connections and components; one per process."""
 
     settings: Settings
+    # /readyz's PING: a connection of its own with a short timeout. Declared above the field
+    # `redis`, which hides the module of that name below it.
+    probe: redis.Redis
     redis: redis.Redis
     keys: Keys
     registry: Registry

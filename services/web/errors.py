@@ -59,8 +59,19 @@ def _domain(error: MnistError) -> Response:
     return error_response(error.status, error.message, error.errors, headers)
 
 
+class RedisBusy(redis.ConnectionError):
+    """Every Redis connection of this process is in use: the request is refused rather than queued.
+
+    A Redis that hangs holds each command for `MNIST_REDIS_TIMEOUT` s; were every request thread
+    allowed to wait on it, none would be left for the predictions that need no Redis.
+    """
+
+
 def _redis_down(error: redis.RedisError) -> Response:
-    log.warning("Redis error: %s", error)
+    if isinstance(error, RedisBusy):  # one per refused request while Redis hangs: not a warning each
+        log.debug("Redis busy: %s", error)
+    else:
+        log.warning("Redis error: %s", error)
     return error_response(
         503, "the service's Redis does not answer: try again shortly", headers={"Retry-After": "2"}
     )

@@ -27,9 +27,9 @@ class ReadySchema(Schema):
 
 
 def redis_ok() -> bool:
-    """Return True when Redis answers a PING."""
+    """Return True when Redis answers a PING within a fraction of a second (its own connection)."""
     try:
-        return bool(services().redis.ping())
+        return bool(services().probe.ping())
     except (redis.RedisError, OSError):
         return False
 
@@ -70,4 +70,6 @@ def readyz() -> Any:
 @blp.response(200, description="Prometheus text exposition format")
 def prometheus() -> Response:
     """Return the Prometheus metrics of every gunicorn worker of this server."""
-    return metrics.render(services().jobs.counts)
+    svc = services()
+    # Job counts are the API's: a predictor reads the registry only (its Redis user may do no more).
+    return metrics.render(dict if svc.settings.role == "predictor" else svc.jobs.counts)

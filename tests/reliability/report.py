@@ -202,6 +202,38 @@ TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("upload_bytes", "upload (bytes)"), ("inflated_mib", "inflated (MiB)"), ("status", "status"),
         ("peak_rss_growth_mib", "worker peak RSS growth (MiB)"), ("seconds", "request time (s)"),
     ]),
+    ("foreign_job", "Hostile Redis: an RQ job naming os.makedirs, written to the training queue", [
+        ("job", "the job"), ("status", "RQ status"), ("api_view", "GET /v1/jobs/<id>"),
+        ("error", "its error"), ("ended_after_s", "ended after (s)"),
+        ("files_created", "files created"), ("log_lines", "worker log lines naming it"),
+        ("worker_alive", "worker alive afterwards"), ("next_job", "the next training job"),
+    ]),
+    ("redis_stall", "Redis stall: paused 12 s (CLIENT PAUSE) while 24 clients read the registry", [
+        ("server", "server"), ("predictions_during_pause", "in-memory predictions sent during the pause"),
+        ("predictions_failed", "of which failed"), ("prediction_p50_ms", "their p50 (ms)"),
+        ("prediction_p99_ms", "their p99 (ms)"), ("prediction_max_ms", "their max (ms)"),
+        ("readyz_during_pause", "/readyz sent during the pause"), ("readyz_statuses", "their statuses"),
+        ("readyz_max_ms", "their max (ms)"),
+        ("registry_reads_during_pause", "registry reads sent during the pause"),
+        ("registry_read_statuses", "their statuses"),
+        ("registry_reads_ok_again_after_s", "registry reads answered again after the pause (s)"),
+    ]),
+    ("redis_emptied", "Redis emptied and restarted during training: v1 handed out again", [
+        ("job_published_version", "version the job published"),
+        ("emptied_to_publish_s", "Redis emptied to publish (s)"),
+        ("answers", "predictions in the 8 s after (v1 pinned, and the default)"),
+        ("pinned_v1_answers", "of which pinned to v1"),
+        ("stale_answers", "answered with the old weights under v1"),
+        ("last_stale_answer_after_s", "last stale answer after the publish (s)"),
+        ("default_after", "the default afterwards"),
+    ]),
+    ("acl_roles", "Security: each role on the Redis user of docs/deploy.md", [
+        ("users", "users"), ("upload", "dataset upload (status)"), ("job", "training job"),
+        ("alias", "alias move (status)"), ("cancel", "cancel (status)"),
+        ("predictor_default", "version the predictor serves"),
+        ("predictor_ready", "predictor's /readyz sees Redis"),
+        ("api_metrics", "API /metrics (status)"), ("commands_refused", "commands Redis refused"),
+    ]),
 ]  # fmt: skip
 
 
