@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +19,8 @@ import redis
 import requests
 from honcho.environ import parse_procfile
 
+from client import up
+from shared.config import Settings
 from tests.live_fixtures import ROOT, descendants, free_port
 from tests.up_helpers import NGINX
 
@@ -55,6 +59,80 @@ def test_compose_runs_the_procfile_commands() -> None:
     assert ours["predictor"]["command"] == procfile["web"]
     assert ours["worker"]["command"] == procfile["worker"]
     assert set(procfile) == {"web", "worker"}
+
+
+def test_compose_builds_the_image_once() -> None:
+    services = load_compose()["services"]
+    built = [name for name, s in services.items() if "build" in s]
+    assert built == ["api"]
+    assert {s["image"] for name, s in services.items() if name in ("api", "worker", "predictor")} == {
+        "mnist-service:latest"
+    }
+
+
+def test_compose_puts_nginx_in_front_and_keeps_gunicorn_on_its_network() -> None:
+    services = load_compose()["services"]
+    proxy, env = services["proxy"], services["proxy"]["environment"]
+    assert proxy["image"].startswith("nginx:") and proxy["command"] == ["nginx"]
+    assert "./deploy/nginx.conf.template:/etc/nginx/templates/nginx.conf.template:ro" in proxy["volumes"]
+    assert env["NGINX_ENVSUBST_OUTPUT_DIR"] == "/etc/nginx"
+    assert env["MNIST_PROXY_UPSTREAM"] == "api:8000" and proxy["ports"] == ["${MNIST_PORT:-8000}:8000"]
+    # Every placeholder of the template has a value in the proxy's environment.
+    placeholders = set(re.findall(r"\$\{(MNIST_\w+)\}", up.NGINX_TEMPLATE.read_text()))
+    assert placeholders <= set(env)
+    assert all(name.startswith(env["NGINX_ENVSUBST_FILTER"]) for name in placeholders)
+    # gunicorn is reached through the proxy only; nothing but the proxy publishes a port to all.
+    assert "ports" not in services["api"] and services["api"]["expose"] == ["8000"]
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    # The proxy lets through what the app accepts: the same limits, defaulting to Settings'.
+    defaults = Settings()
+    for name, field in [
+        ("MNIST_MAX_BODY_BYTES", "max_body_bytes"),
+        ("MNIST_MAX_DATASET_BYTES", "max_dataset_bytes"),
+        ("MNIST_REQUEST_TIMEOUT", "request_timeout"),
+    ]:
+        expected = f"${{{name}:-{getattr(defaults, field)}}}"
+        assert env[name] == expected
+        for app in ("api", "worker", "predictor"):
+            assert services[app]["environment"][name] == expected
+
+
+@pytest.mark.skipif(shutil.which("envsubst") is None, reason="no envsubst (Debian's gettext-base)")
+def test_the_nginx_image_renders_the_template_as_mnist_up_does() -> None:
+    """The official image runs envsubst with the MNIST_* variables: the same text as `mnist up`'s."""
+    values = up.nginx_values(Settings(), "8000", "api:8000", "/tmp")
+    names = " ".join(f"${{{name}}}" for name in values)
+    template = up.NGINX_TEMPLATE.read_text()
+    rendered = subprocess.run(
+        ["envsubst", names], input=template, capture_output=True, text=True, env=values, check=True
+    ).stdout
+    assert rendered == up.render_nginx(template, values)
+
+
+def test_compose_redis_needs_a_password_that_every_service_sends() -> None:
+    services = load_compose()["services"]
+    required = "${REDIS_PASSWORD:?"
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1].startswith(required)
+    assert services["redis"]["environment"]["REDISCLI_AUTH"].startswith(required)
+    assert "PONG" in " ".join(services["redis"]["healthcheck"]["test"])  # an auth error is not healthy
+    for name in ("api", "worker", "predictor"):
+        assert services[name]["environment"]["REDIS_URL"].startswith(f"redis://:{required}")
+    dashboard = services["dashboard"]
+    assert dashboard["environment"]["RQ_DASHBOARD_REDIS_URL"].startswith(f"redis://:{required}")
+    assert dashboard["image"].startswith("cjlapao/rq-dashboard:")
+    assert all(port.startswith("127.0.0.1:") for port in dashboard["ports"])
+
+
+def test_secrets_stay_out_of_git_and_the_image_and_the_example_names_them() -> None:
+    for ignore in (".gitignore", ".dockerignore"):
+        assert ".env" in (ROOT / ignore).read_text().split(), ignore
+    example = (ROOT / ".env.example").read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
+    assert required == {"MNIST_API_TOKEN", "REDIS_PASSWORD"}
+    for name in required:
+        assert re.search(rf"^{name}=.+", example, re.MULTILINE), name
+    assert "Compose v2" in (ROOT / "README.md").read_text()
 
 
 def test_compose_keeps_redis_private_persistent_and_healthy() -> None:
