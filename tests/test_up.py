@@ -27,6 +27,7 @@ from client import up
 from client.supervise import Program, Supervisor
 from shared.config import Settings
 from tests.live_fixtures import StackEnv, free_port, start_server, wait_for
+from tests.reliability.test_faults import forget_workers
 from tests.up_helpers import (
     NGINX,
     SlowClients,
@@ -116,7 +117,7 @@ def test_slow_clients_hold_nginx_connections_not_gunicorn_threads(
     finally:
         if slow is not None:
             slow.stop()
-        proxy.process.stop()
+        proxy.stop()
         server.process.stop()
 
 
@@ -157,8 +158,8 @@ def test_nginx_streams_events_unbuffered_and_answers_its_own_errors_in_json(
         assert r.status_code == 503 and r.headers["Retry-After"] == "2"
         assert r.json()["code"] == 503 and r.headers["Content-Type"] == "application/json"
     finally:
-        dead.process.stop()
-        proxy.process.stop()
+        dead.stop()
+        proxy.stop()
         server.process.stop()
 
 
@@ -276,5 +277,7 @@ def test_mnist_up_restarts_a_process_that_dies(stack_env: StackEnv, tmp_path: Pa
         tree = stack.tree()
     finally:
         out = stack.stop()
+        with redis.Redis.from_url(stack_env.redis_url) as client:
+            forget_workers(client, stack_env.queue)  # the killed one never unregistered
     assert stack.proc.returncode == 0, out
     wait_for(lambda: alive(tree) == [], 10, "every process to be gone", details=lambda: str(alive(tree)))

@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -158,6 +160,12 @@ class Proxy:
     url: str
     port: int
     process: Process
+    folder: Path
+
+    def stop(self) -> None:
+        """Stop nginx and delete its folder."""
+        self.process.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def start_proxy(upstream: str, tmp: Path, settings: Settings | None = None) -> Proxy:
@@ -165,14 +173,14 @@ def start_proxy(upstream: str, tmp: Path, settings: Settings | None = None) -> P
     assert NGINX is not None
     settings = settings or Settings()
     port = free_port()
-    folder = tmp / f"nginx-{port}"
-    folder.mkdir()
-    folder.chmod(0o711)  # its workers run as nobody when the tests run as root
+    # Started by root (as tests here are), nginx's workers run as nobody: their temporary files
+    # must be reachable through every parent folder, which pytest's tmp_path is not.
+    folder = Path(tempfile.mkdtemp(prefix="test-nginx-"))
+    folder.chmod(0o711)
     values = up.nginx_values(settings, f"127.0.0.1:{port}", upstream, str(folder))
     conf = up.write_nginx_conf(NGINX, folder, values)
-    process = Process(
-        [NGINX, "-e", "stderr", "-p", f"{folder}/", "-c", str(conf)], dict(os.environ), folder / "log"
-    )
+    argv = [NGINX, "-e", "stderr", "-p", f"{folder}/", "-c", str(conf)]
+    process = Process(argv, dict(os.environ), tmp / f"nginx-{port}.log")
     url = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
@@ -182,7 +190,7 @@ def start_proxy(upstream: str, tmp: Path, settings: Settings | None = None) -> P
         return False
 
     wait_for(answers, 15, "nginx to listen", details=process.log)
-    return Proxy(url, port, process)
+    return Proxy(url, port, process, folder)
 
 
 # --- hostile clients -----------------------------------------------------------------------------------
