@@ -320,8 +320,8 @@ class IdleStreams:
         deadline = time.monotonic() + timeout
         for sock in self._socks:
             status = "no answer"
-            remaining = deadline - time.monotonic()
-            if remaining > 0 and select.select([sock], [], [], remaining)[0]:
+            remaining = max(0.0, deadline - time.monotonic())  # past it: only what has arrived
+            if select.select([sock], [], [], remaining)[0]:
                 with contextlib.suppress(OSError):
                     line = sock.recv(64).split(b"\r\n", 1)[0].decode(errors="replace")
                     status = line.split(" ")[1] if line.startswith("HTTP/") else "closed"
