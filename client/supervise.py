@@ -49,8 +49,6 @@ class Program:
     env: Mapping[str, str]
     cwd: str
     stage: int = 1
-    #: Print the program's output (False: discard it).
-    output: bool = True
 
 
 @dataclass
@@ -80,20 +78,21 @@ class Supervisor:
         self.restart_delay, self.max_restart_delay = restart_delay, max_restart_delay
         self.reset_after, self.stop_timeout = reset_after, stop_timeout
         self._running: list[_Running] = []
-        self._stop = threading.Event()
-        self._force = threading.Event()
+        # Plain flags, not threading.Event: a signal handler sets them, and Event.set() there
+        # could wait forever for the lock that the interrupted Event.wait() holds.
+        self._stop = False
+        self._force = False
         self._lock = threading.Lock()
 
     @property
     def stopping(self) -> bool:
         """True once a stop was requested."""
-        return self._stop.is_set()
+        return self._stop
 
     def request_stop(self, *_: object) -> None:
         """Ask `run` to stop everything (a second request kills at once); safe in a signal handler."""
-        if self._stop.is_set():
-            self._force.set()
-        self._stop.set()
+        self._force = self._stop
+        self._stop = True
 
     def add(self, program: Program) -> None:
         """Start `program` now and supervise it from then on."""
@@ -122,7 +121,7 @@ class Supervisor:
     def run(self) -> None:
         """Restart programs that exit until a stop is requested, then stop every program."""
         try:
-            while not self._stop.is_set():
+            while not self._stop:
                 now = time.monotonic()
                 for entry in self._running:
                     if entry.popen is None:
@@ -130,13 +129,13 @@ class Supervisor:
                             self._spawn(entry)
                     elif entry.popen.poll() is not None:
                         self._exited(entry, now)
-                self._stop.wait(POLL_INTERVAL)
+                time.sleep(POLL_INTERVAL)
         finally:
             self.stop()
 
     def stop(self) -> None:
         """Stop every program, highest stage first: SIGTERM, then SIGKILL after `stop_timeout` s."""
-        self._stop.set()
+        self._stop = True
         for stage in sorted({e.program.stage for e in self._running}, reverse=True):
             group = [e for e in self._running if e.program.stage == stage and e.popen is not None]
             for entry in group:
@@ -147,7 +146,7 @@ class Supervisor:
             deadline = time.monotonic() + self.stop_timeout
             for entry in group:
                 assert entry.popen is not None
-                while entry.popen.poll() is None and time.monotonic() < deadline and not self._force.is_set():
+                while entry.popen.poll() is None and time.monotonic() < deadline and not self._force:
                     time.sleep(POLL_INTERVAL)
                 kill_session(entry.popen.pid)
                 if entry.popen.poll() is None:
@@ -162,7 +161,7 @@ class Supervisor:
             env=dict(program.env),
             cwd=program.cwd,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if program.output else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )

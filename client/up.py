@@ -234,8 +234,9 @@ def up(args: argparse.Namespace) -> int:
             if not redis_answers(url):
                 print(f"no Redis at {redact(url)}: starting a private redis-server", flush=True)
                 url = start_private_redis(supervisor, folder / "redis")
-                (folder / "redis.url").write_text(url + "\n")
-                (folder / "redis.url").chmod(0o600)
+                # Readable by its owner only from the start: the folder lets others reach known names.
+                with os.fdopen(os.open(folder / "redis.url", os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                    f.write(url + "\n")
             metrics_dir = folder / "prometheus"
             metrics_dir.mkdir()
             bin_dir = str(Path(sys.executable).parent)
