@@ -108,6 +108,7 @@ bench: install  ## every benchmark, side by side ratios (installs the optional P
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/small_batches.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/front.py
 	$(BIN)/python bench/client.py
 
 lint: install  ## ruff and mypy
