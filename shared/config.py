@@ -54,7 +54,9 @@ class Settings:
         "log level of the web server and the workers (DEBUG, INFO, WARNING…; any case)",
     )
     # The web server (services/gunicorn_conf.py).
-    bind: str = _env_field("MNIST_BIND", "0.0.0.0:8000", "address the web server listens on (host:port)")
+    bind: str = _env_field(
+        "MNIST_BIND", "0.0.0.0:8000", "address the web server listens on (host:port, or unix:PATH)"
+    )
     web_workers: int = _env_field(
         "WEB_CONCURRENCY", 2, "web server processes (gunicorn's WEB_CONCURRENCY convention)"
     )
@@ -67,6 +69,17 @@ class Settings:
         None,
         "file the web server logs requests to, `-` for stdout (unset: none)",
         parse=str,
+    )
+    max_event_streams: int = _env_field(
+        "MNIST_MAX_EVENT_STREAMS",
+        0,
+        "event streams (`GET /v1/jobs/<id>/events`) open at once per web server process, beyond which"
+        " it answers 503 (0: a quarter of MNIST_THREADS, rounded down)",
+    )
+    event_stream_seconds: float = _env_field(
+        "MNIST_EVENT_STREAM_SECONDS",
+        300.0,
+        "seconds one event stream stays open; then the server ends it and clients reconnect",
     )
     # Training workers.
     worker_name: str | None = _env_field(

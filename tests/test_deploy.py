@@ -1,10 +1,13 @@
 """Deployment: the compose file against the Compose specification, the Procfile as its source of
-truth, and `mnist up` starting and stopping the whole stack without leaving a process behind."""
+truth, and `mnist up` starting and stopping the whole stack (nginx in front, a password on its
+private Redis) without leaving a process behind."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 from honcho.environ import parse_procfile
 
+from client import up
+from shared.config import Settings
 from tests.live_fixtures import ROOT, descendants, free_port
+from tests.up_helpers import NGINX
 
 COMPOSE = ROOT / "docker-compose.yml"
 PROCFILE = ROOT / "Procfile"
@@ -54,6 +61,80 @@ def test_compose_runs_the_procfile_commands() -> None:
     assert set(procfile) == {"web", "worker"}
 
 
+def test_compose_builds_the_image_once() -> None:
+    services = load_compose()["services"]
+    built = [name for name, s in services.items() if "build" in s]
+    assert built == ["api"]
+    assert {s["image"] for name, s in services.items() if name in ("api", "worker", "predictor")} == {
+        "mnist-service:latest"
+    }
+
+
+def test_compose_puts_nginx_in_front_and_keeps_gunicorn_on_its_network() -> None:
+    services = load_compose()["services"]
+    proxy, env = services["proxy"], services["proxy"]["environment"]
+    assert proxy["image"].startswith("nginx:") and proxy["command"] == ["nginx"]
+    assert "./deploy/nginx.conf.template:/etc/nginx/templates/nginx.conf.template:ro" in proxy["volumes"]
+    assert env["NGINX_ENVSUBST_OUTPUT_DIR"] == "/etc/nginx"
+    assert env["MNIST_PROXY_UPSTREAM"] == "api:8000" and proxy["ports"] == ["${MNIST_PORT:-8000}:8000"]
+    # Every placeholder of the template has a value in the proxy's environment.
+    placeholders = set(re.findall(r"\$\{(MNIST_\w+)\}", up.NGINX_TEMPLATE.read_text()))
+    assert placeholders <= set(env)
+    assert all(name.startswith(env["NGINX_ENVSUBST_FILTER"]) for name in placeholders)
+    # gunicorn is reached through the proxy only; nothing but the proxy publishes a port to all.
+    assert "ports" not in services["api"] and services["api"]["expose"] == ["8000"]
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    # The proxy lets through what the app accepts: the same limits, defaulting to Settings'.
+    defaults = Settings()
+    for name, field in [
+        ("MNIST_MAX_BODY_BYTES", "max_body_bytes"),
+        ("MNIST_MAX_DATASET_BYTES", "max_dataset_bytes"),
+        ("MNIST_REQUEST_TIMEOUT", "request_timeout"),
+    ]:
+        expected = f"${{{name}:-{getattr(defaults, field)}}}"
+        assert env[name] == expected
+        for app in ("api", "worker", "predictor"):
+            assert services[app]["environment"][name] == expected
+
+
+@pytest.mark.skipif(shutil.which("envsubst") is None, reason="no envsubst (Debian's gettext-base)")
+def test_the_nginx_image_renders_the_template_as_mnist_up_does() -> None:
+    """The official image runs envsubst with the MNIST_* variables: the same text as `mnist up`'s."""
+    values = up.nginx_values(Settings(), "8000", "api:8000", "/tmp")
+    names = " ".join(f"${{{name}}}" for name in values)
+    template = up.NGINX_TEMPLATE.read_text()
+    rendered = subprocess.run(
+        ["envsubst", names], input=template, capture_output=True, text=True, env=values, check=True
+    ).stdout
+    assert rendered == up.render_nginx(template, values)
+
+
+def test_compose_redis_needs_a_password_that_every_service_sends() -> None:
+    services = load_compose()["services"]
+    required = "${REDIS_PASSWORD:?"
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1].startswith(required)
+    assert services["redis"]["environment"]["REDISCLI_AUTH"].startswith(required)
+    assert "PONG" in " ".join(services["redis"]["healthcheck"]["test"])  # an auth error is not healthy
+    for name in ("api", "worker", "predictor"):
+        assert services[name]["environment"]["REDIS_URL"].startswith(f"redis://:{required}")
+    dashboard = services["dashboard"]
+    assert dashboard["environment"]["RQ_DASHBOARD_REDIS_URL"].startswith(f"redis://:{required}")
+    assert dashboard["image"].startswith("cjlapao/rq-dashboard:")
+    assert all(port.startswith("127.0.0.1:") for port in dashboard["ports"])
+
+
+def test_secrets_stay_out_of_git_and_the_image_and_the_example_names_them() -> None:
+    for ignore in (".gitignore", ".dockerignore"):
+        assert ".env" in (ROOT / ignore).read_text().split(), ignore
+    example = (ROOT / ".env.example").read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
+    assert required == {"MNIST_API_TOKEN", "REDIS_PASSWORD"}
+    for name in required:
+        assert re.search(rf"^{name}=.+", example, re.MULTILINE), name
+    assert "Compose v2" in (ROOT / "README.md").read_text()
+
+
 def test_compose_keeps_redis_private_persistent_and_healthy() -> None:
     services = load_compose()["services"]
     redis = services["redis"]
@@ -68,9 +149,11 @@ def test_compose_keeps_redis_private_persistent_and_healthy() -> None:
     assert services["predictor"]["environment"]["MNIST_ROLE"] == "predictor"
 
 
-def _start_up(env: dict[str, str], port: int) -> subprocess.Popen:
+def _start_up(env: dict[str, str], port: int, *more: str) -> subprocess.Popen:
+    # nginx in front where it is installed (`make proxy`), else without it.
+    proxy = [] if NGINX else ["--no-proxy"]
     return subprocess.Popen(
-        [str(MNIST), "up", "--port", str(port), "--workers", "2"],
+        [str(MNIST), "up", "--port", str(port), "--workers", "2", *proxy, *more],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -80,7 +163,7 @@ def _start_up(env: dict[str, str], port: int) -> subprocess.Popen:
 
 
 def _kill_everything(proc: subprocess.Popen, known: list[int]) -> None:
-    """SIGKILL `mnist up` and everything it started (honcho gives each process its own session)."""
+    """SIGKILL `mnist up` and everything it started (each of its programs runs in its own session)."""
     for pid in {*known, *descendants(proc.pid), proc.pid}:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -145,7 +228,10 @@ def test_mnist_up_serves_and_leaves_no_process_behind(sig: int, stack_env, tmp_p
                 break
             time.sleep(0.2)
         tree = descendants(proc.pid)
-        assert len(tree) >= 5  # gunicorn master + 2 workers, 2 RQ workers (plus shells)
+        assert len(tree) >= 5  # gunicorn master + 2 workers, 2 RQ workers (and nginx)
+        if NGINX:  # clients reach nginx; gunicorn listens on a private socket only
+            assert requests.get(f"{url}/healthz", timeout=5).headers["Server"] == "nginx"
+            assert any(_cmdline(p).startswith("nginx: master") for p in tree)
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -157,28 +243,42 @@ def test_mnist_up_serves_and_leaves_no_process_behind(sig: int, stack_env, tmp_p
         time.sleep(0.1)
     assert _alive(tree) == [], f"left behind: {_alive(tree)}\n{out}"
     assert "token" in out and url in out
+    if NGINX:
+        assert "Listening at: unix:" in out and "nginx in front of gunicorn" in out
 
 
 @pytest.mark.slow
-def test_mnist_up_starts_a_private_redis_when_none_answers(stack_env, tmp_path: Path) -> None:
+def test_mnist_up_starts_a_private_redis_with_a_password_when_none_answers(stack_env, tmp_path: Path) -> None:
+    """Also `--no-proxy`: gunicorn on the port itself, and a banner that says it is unprotected."""
     port = free_port()
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     env = stack_env.environ(REDIS_URL=dead)
-    proc = _start_up(env, port)
+    proc = _start_up(env, port, "--no-proxy")
     redis_pids: list[int] = []
     try:
         _wait_ready(proc, f"http://127.0.0.1:{port}")
-        ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
-        assert ready["redis"] is True
+        r = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert r.json()["redis"] is True and "nginx" not in r.headers.get("Server", "")
         tree = descendants(proc.pid)
         redis_pids = [p for p in tree if "redis-server" in _argv0(p)]
         assert redis_pids, "no private redis-server among the children"
+        # It wants a password; the URL that carries it sits in a file only its owner reads.
+        (redis_port,) = {int(_cmdline(p).rsplit(":", 1)[1]) for p in redis_pids}
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=redis_port, socket_timeout=5).ping()
+        url_file = Path(os.readlink(f"/proc/{redis_pids[0]}/cwd")).parent / "redis.url"
+        assert url_file.stat().st_mode & 0o777 == 0o600
+        private_url = url_file.read_text().strip()
+        assert redis.Redis.from_url(private_url, socket_timeout=5).ping()
+        assert all("--requirepass" not in _cmdline(p) for p in redis_pids)  # its title, not its arguments
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             _kill_everything(proc, redis_pids)
     assert "starting a private redis-server" in out
+    assert "redis://:***@127.0.0.1:" in out and redis.connection.parse_url(private_url)["password"] not in out
+    assert "WARNING    --no-proxy" in out
     time.sleep(0.5)
     assert _alive(redis_pids) == []
 
