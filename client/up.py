@@ -119,6 +119,7 @@ def up(args: argparse.Namespace) -> int:
             "REDIS_URL": url,
             "MNIST_API_TOKEN": token,
             "MNIST_BIND": f"{args.host}:{args.port}",
+            "MNIST_BLAS_THREADS": str(settings.blas_threads_for(args.workers)),
             "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
             "PYTHONUNBUFFERED": "1",
         }

@@ -16,6 +16,9 @@ When Redis goes away (a restart, a failover), every Redis command of the worker 
 horse retries for about a minute (`REDIS_RETRY`) instead of failing: RQ itself survives an outage
 only while idle, and a worker monitoring a running job would otherwise quit on the first
 heartbeat that fails (and its job would fail with it).
+
+Each work horse trains with the BLAS threads that `python -m worker` set before NumPy loaded
+(worker/blas.py, MNIST_BLAS_THREADS); the worker logs the count at start.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from shared.config import Settings
-from worker import tasks
+from worker import blas, tasks
+
+log = logging.getLogger(__name__)
 
 #: Seconds between heartbeats of a running job.
 MONITORING_INTERVAL = 5
@@ -89,6 +94,14 @@ def main() -> None:
     # logging knows level names in upper case only; gunicorn takes them in lower case.
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    # What the work horses inherit: `python -m worker` set it before NumPy loaded.
+    log.info(
+        "BLAS: %s thread(s) per job (%s=%s, OPENBLAS_NUM_THREADS=%s)",
+        blas.in_use() or "?",
+        Settings.variable("blas_threads"),
+        settings.blas_threads or "automatic",
+        os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+    )
     conn = redis.Redis.from_url(settings.redis_url, retry=REDIS_RETRY)
     worker = make_worker(settings, conn, name=settings.worker_name)
     worker.work(logging_level=level)
