@@ -10,6 +10,7 @@ from services.api.schemas import AliasBodySchema, AliasSchema, ModelSchema, Mode
 from services.web.auth import write_access
 from services.web.blueprint import VALIDATION_STATUS, Blueprint
 from services.web.context import services
+from shared import datasets
 from shared.errors import ModelNotFound
 from shared.registry import VersionRecord, check_name
 
@@ -26,6 +27,14 @@ def _by_version(aliases: dict[str, int]) -> dict[int, list[str]]:
     return named
 
 
+def _dataset(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Return a version's dataset lineage as the API shows it: no path of the worker's host."""
+    ref = meta.get("dataset")
+    if not isinstance(ref, dict) or not isinstance(ref.get("source"), str):
+        return ref
+    return {**ref, "source": datasets.without_paths(ref["source"])}
+
+
 def _summary(record: VersionRecord, aliases: list[str]) -> dict[str, Any]:
     meta = record.metadata
     return {
@@ -35,7 +44,7 @@ def _summary(record: VersionRecord, aliases: list[str]) -> dict[str, Any]:
         "size": record.size,
         "aliases": sorted(aliases),
         "job_id": meta.get("job_id"),
-        "dataset": meta.get("dataset"),
+        "dataset": _dataset(meta),
         "metrics": meta.get("metrics") or {},
     }
 
@@ -54,7 +63,7 @@ def _detail(record: VersionRecord, aliases: list[str]) -> dict[str, Any]:
         "history": meta.get("history") or [],
         "lineage": {
             "job_id": meta.get("job_id"),
-            "dataset": meta.get("dataset"),
+            "dataset": _dataset(meta),
             "recipe": meta.get("recipe"),
             "config": config,
             "spec": meta.get("spec"),
