@@ -47,7 +47,11 @@ class Settings:
     env: str = _env_field("MNIST_ENV", "production", "production or development")
     role: str = _env_field("MNIST_ROLE", "all", "all (every route) or predictor (predict + health)")
     api_token: str = _env_field("MNIST_API_TOKEN", "", "bearer token for writes (required)")
-    predict_token: str = _env_field("MNIST_PREDICT_TOKEN", "", "bearer token for predictions")
+    predict_token: str = _env_field(
+        "MNIST_PREDICT_TOKEN",
+        "",
+        "bearer token for predictions and every read of models, jobs and datasets (unset: those are open)",
+    )
     log_level: str = _env_field(
         "MNIST_LOG_LEVEL",
         "INFO",

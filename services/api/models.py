@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response, request, url_for
 
 from services.api.schemas import AliasBodySchema, AliasSchema, ModelSchema, ModelSummarySchema, VersionSchema
-from services.web.auth import write_access
+from services.web.auth import read_access, write_access
 from services.web.blueprint import VALIDATION_STATUS, Blueprint
 from services.web.context import services
 from shared import datasets
@@ -73,6 +73,7 @@ def _detail(record: VersionRecord, aliases: list[str]) -> dict[str, Any]:
 
 
 @blp.route("", methods=["GET"])
+@read_access(blp)
 @blp.response(200, ModelSummarySchema(many=True))
 def list_models() -> list[dict[str, Any]]:
     """List the models with their latest version, aliases and number of versions."""
@@ -91,6 +92,7 @@ def list_models() -> list[dict[str, Any]]:
 
 
 @blp.route("/<model>", methods=["GET"])
+@read_access(blp)
 @blp.response(200, ModelSchema)
 @blp.alt_response(400, response="BAD_REQUEST", description="not a valid model name")
 @blp.alt_response(404, response="NOT_FOUND")
@@ -109,6 +111,7 @@ def get_model(model: str) -> dict[str, Any]:
 
 
 @blp.route("/<model>/versions/<int:version>", methods=["GET"])
+@read_access(blp)
 @blp.response(200, VersionSchema)
 @blp.alt_response(400, response="BAD_REQUEST")
 @blp.alt_response(404, response="NOT_FOUND")
@@ -121,6 +124,7 @@ def get_version(model: str, version: int) -> dict[str, Any]:
 
 
 @blp.route("/<model>/versions/<int:version>/weights", methods=["GET"])
+@read_access(blp)
 @blp.response(
     200,
     {"type": "string", "format": "binary"},
@@ -168,6 +172,7 @@ def set_alias(body: dict[str, Any], model: str, alias: str) -> dict[str, Any]:
 
 
 @blp.route("/<model>/aliases/<alias>", methods=["GET"])
+@read_access(blp)
 @blp.response(200, AliasSchema)
 @blp.alt_response(404, response="NOT_FOUND")
 def get_alias(model: str, alias: str) -> dict[str, Any]:
