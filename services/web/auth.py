@@ -104,11 +104,6 @@ def _guard(check: Callable[[], None], view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def write_token_required(view: F) -> F:
-    """Refuse the request unless it carries the API token (not enforced in development without one)."""
-    return _guard(check_write_token, view)
-
-
 def _access(
     blp: Blueprint, check: Callable[[], None], security: list[dict[str, list[str]]], when: str
 ) -> Callable[[F], F]:
