@@ -12,6 +12,8 @@ export class ApiError extends Error {
 
 const enc = encodeURIComponent;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+// Times a job's event stream is asked for again after a 503 (Retry-After apart) before giving up.
+const BUSY_RETRIES = 5;
 
 /** Why the dialog opens when the server refuses a request of `kind` (401: no token, 403: wrong). */
 function refusal(kind, status) {
@@ -92,8 +94,8 @@ async function* sse(body) {
 /**
  * Follow job `id`'s events, with the read token: EventSource cannot send one. `on(event, data)`
  * gets each `progress` and the last `end` (or the server's `error`); a dropped stream is opened
- * again after the stream's `retry`, like EventSource. An error answer ends it with
- * on('error', {message}). Returns {close()}.
+ * again after the stream's `retry`, like EventSource, and a 503 after its Retry-After (a few
+ * times). Another error answer ends it with on('error', {message}). Returns {close()}.
  */
 function followJob(id, on) {
   const controller = new AbortController();
@@ -106,6 +108,7 @@ function followJob(id, on) {
   (async () => {
     let retry = 2000;
     let asked = false;
+    let busy = 0; // 503s in a row: the server has no stream to spare right now
     while (!closed) {
       let response;
       try {
@@ -130,11 +133,18 @@ function followJob(id, on) {
         }
         continue;
       }
+      if (response.status === 503 && busy < BUSY_RETRIES) {
+        busy += 1;
+        const after = Number(response.headers.get('Retry-After'));
+        await sleep(after > 0 ? after * 1000 : retry);
+        continue;
+      }
       if (!response.ok) {
         const data = await response.json().catch(() => null);
         finish('error', { message: (data && data.message) || `HTTP ${response.status}` });
         return;
       }
+      busy = 0;
       try {
         for await (const [name, data] of sse(response.body)) {
           if (closed) return;
