@@ -1,9 +1,14 @@
 """The typed Python client of the service: jobs, models, datasets and batch predictions.
 
     from client.api import Client
-    client = Client("http://127.0.0.1:8000", token=os.environ["MNIST_API_TOKEN"])
+    client = Client("http://127.0.0.1:8000", token=os.environ["MNIST_API_TOKEN"],
+                    predict_token=os.environ.get("MNIST_PREDICT_TOKEN"))
     result = client.predict(images)           # (N, 784) or (N, 28, 28) uint8
     result.labels, result.probabilities       # (N,), (N, 10)
+
+Tokens: `token` (the write token) goes to writes; `predict_token` to predictions (never the
+write token: a service with MNIST_PREDICT_TOKEN refuses it there, one without needs none); reads
+send `predict_token`, else `token` (the service takes either once it guards reads).
 
 Retry policy: a connection that cannot be opened is retried for every request (nothing reached
 the server). A 500/502/503/504 answer or a broken read is retried only for requests that are
@@ -73,8 +78,12 @@ class Prediction:
         return order, np.take_along_axis(self.probabilities, order, axis=1)
 
 
+#: What a request is, for the token it carries (see the module docstring).
+READ, PREDICT, WRITE = "read", "predict", "write"
+
+
 class Client:
-    """One HTTP session to the service at `url`, with timeouts, retries and the bearer token."""
+    """One HTTP session to the service at `url`, with timeouts, retries and the bearer tokens."""
 
     def __init__(
         self,
@@ -88,7 +97,7 @@ class Client:
     ) -> None:
         self.url = url.rstrip("/")
         self.token = token
-        self.predict_token = predict_token if predict_token is not None else token
+        self.predict_token = predict_token
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -128,20 +137,20 @@ class Client:
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Queue a training job (a spec with the fields of `mnist train`'s flags); return its view."""
-        return self._json("POST", "/v1/jobs", json=spec, auth=True)
+        return self._json("POST", "/v1/jobs", json=spec, auth=WRITE)
 
     def job(self, job_id: str) -> dict[str, Any]:
         """Return a job's view: status, progress, result or error."""
-        return self._json("GET", f"/v1/jobs/{_segment(job_id)}")
+        return self._json("GET", f"/v1/jobs/{_segment(job_id)}", auth=READ)
 
     def jobs(self, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Return recent jobs, newest first, optionally only those in `status`."""
         params = {k: v for k, v in (("status", status), ("limit", limit)) if v is not None}
-        return self._json("GET", "/v1/jobs", params=params)
+        return self._json("GET", "/v1/jobs", params=params, auth=READ)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job; return its view (status "canceled", or still stopping)."""
-        return self._json("DELETE", f"/v1/jobs/{_segment(job_id)}", auth=True)
+        return self._json("DELETE", f"/v1/jobs/{_segment(job_id)}", auth=WRITE)
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (event, job view) from the job's event stream until it ends ("end") or fails ("error").
@@ -153,7 +162,7 @@ class Client:
         failures = 0
         while True:
             try:
-                response = self._send("GET", path, stream=True, read_timeout=EVENTS_READ_TIMEOUT)
+                response = self._send("GET", path, auth=READ, stream=True, read_timeout=EVENTS_READ_TIMEOUT)
                 with response:
                     for name, data in parse_sse(response.iter_lines()):
                         failures = 0
@@ -174,34 +183,35 @@ class Client:
 
     def models(self) -> list[dict[str, Any]]:
         """Return every model: name, latest version, number of versions, aliases."""
-        return self._json("GET", "/v1/models")
+        return self._json("GET", "/v1/models", auth=READ)
 
     def model(self, name: str) -> dict[str, Any]:
         """Return a model: its versions (oldest first) with metrics, and its aliases."""
-        return self._json("GET", f"/v1/models/{_segment(name)}")
+        return self._json("GET", f"/v1/models/{_segment(name)}", auth=READ)
 
     def version(self, name: str, version: int) -> dict[str, Any]:
         """Return one version's metadata: metrics, learning curve, lineage."""
-        return self._json("GET", f"/v1/models/{_segment(name)}/versions/{int(version)}")
+        return self._json("GET", f"/v1/models/{_segment(name)}/versions/{int(version)}", auth=READ)
 
     def weights(self, name: str, version: int) -> bytes:
         """Return one version's model file (.npz bytes)."""
-        return self._send("GET", f"/v1/models/{_segment(name)}/versions/{int(version)}/weights").content
+        path = f"/v1/models/{_segment(name)}/versions/{int(version)}/weights"
+        return self._send("GET", path, auth=READ).content
 
     def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
         """Point `alias` at a version; return {"model", "alias", "version", "previous"}."""
         path = f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}"
-        return self._json("PUT", path, json={"version": int(version)}, auth=True)
+        return self._json("PUT", path, json={"version": int(version)}, auth=WRITE)
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove an alias (the version it named stays)."""
-        self._send("DELETE", f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}", auth=True)
+        self._send("DELETE", f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}", auth=WRITE)
 
     # --- Datasets -------------------------------------------------------------------------------
 
     def datasets(self) -> list[dict[str, Any]]:
         """Return the built-in datasets (with availability on the server), then the uploaded ones."""
-        return self._json("GET", "/v1/datasets")
+        return self._json("GET", "/v1/datasets", auth=READ)
 
     def upload_dataset(self, name: str, data: bytes, format: str | None = None) -> dict[str, Any]:
         """Upload a dataset file (npz, csv or a zip/tar of idx files) under `name`; return its entry."""
@@ -209,12 +219,12 @@ class Client:
         # Its own connection: after an early refusal (413, 409) gunicorn closes the connection.
         headers = {"Content-Type": "application/octet-stream", "Connection": "close"}
         return self._json(
-            "POST", f"/v1/datasets/{_segment(name)}", data=data, params=params, headers=headers, auth=True
+            "POST", f"/v1/datasets/{_segment(name)}", data=data, params=params, headers=headers, auth=WRITE
         )
 
     def delete_dataset(self, name: str) -> None:
         """Delete an uploaded dataset."""
-        self._send("DELETE", f"/v1/datasets/{_segment(name)}", auth=True)
+        self._send("DELETE", f"/v1/datasets/{_segment(name)}", auth=WRITE)
 
     # --- Predictions ----------------------------------------------------------------------------
 
@@ -254,7 +264,7 @@ class Client:
     def predict_raw(self, path: str, rows: np.ndarray) -> Prediction:
         """POST one batch of uint8 rows (n, 784) to a predict `path`; return the answers."""
         headers = {"Content-Type": "application/octet-stream"}
-        response = self._send("POST", path, data=rows.tobytes(), headers=headers, auth="predict")
+        response = self._send("POST", path, data=rows.tobytes(), headers=headers, auth=PREDICT)
         return parse_predictions(response.content)
 
     # --- Plumbing -------------------------------------------------------------------------------
@@ -273,14 +283,14 @@ class Client:
         method: str,
         path: str,
         *,
-        auth: bool | str = False,
+        auth: str | None = None,
         headers: dict[str, str] | None = None,
         read_timeout: float | None = None,
         **kw: Any,
     ) -> requests.Response:
-        """Send a request; return a 2xx/3xx response or raise ClientError."""
+        """Send a request with the token of its kind `auth`; return a 2xx/3xx answer, else ClientError."""
         headers = dict(headers or {})
-        token = self.predict_token if auth == "predict" else self.token if auth else None
+        token = self._token(auth)
         if token:
             headers["Authorization"] = f"Bearer {token}"
         timeout = (self.timeout, read_timeout or self.timeout)
@@ -299,6 +309,16 @@ class Client:
         if response.status_code >= 400:
             raise error_from(response)
         return response
+
+    def _token(self, auth: str | None) -> str | None:
+        """Return the token a request of kind `auth` carries (see the module docstring)."""
+        if auth == WRITE:
+            return self.token
+        if auth == PREDICT:
+            return self.predict_token  # never the write token
+        if auth == READ:
+            return self.predict_token or self.token
+        return None
 
 
 def error_from(response: requests.Response) -> ClientError:

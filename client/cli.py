@@ -91,14 +91,22 @@ def _train(args: argparse.Namespace) -> int:
     return _lazy("client.local", "train")(args)
 
 
-def add_remote_flags(p: argparse.ArgumentParser, predict: bool = False) -> None:
-    """Add --url and --token (defaults from the environment, resolved in client.remote), and --json."""
+#: Help of --token by what the command calls (client.remote.token_of resolves the defaults).
+TOKEN_HELP = {
+    "predict": "the predict token (default: $MNIST_PREDICT_TOKEN; the write token is never sent here)",
+    "read": "a token to read with: the predict or the write token (default: $MNIST_PREDICT_TOKEN,"
+    " else $MNIST_API_TOKEN)",
+    "write": "the write token (default: $MNIST_API_TOKEN)",
+}
+
+
+def add_remote_flags(p: argparse.ArgumentParser, use: str = "write") -> None:
+    """Add --url and --token (its help by `use`: predict, read or write), and --json but for predict."""
     p.add_argument(
         "--url", default=argparse.SUPPRESS, help="the service (default: $MNIST_URL or http://127.0.0.1:8000)"
     )
-    variables = "$MNIST_PREDICT_TOKEN or $MNIST_API_TOKEN" if predict else "$MNIST_API_TOKEN"
-    p.add_argument("--token", default=argparse.SUPPRESS, help=f"bearer token (default: {variables})")
-    if not predict:
+    p.add_argument("--token", default=argparse.SUPPRESS, help=TOKEN_HELP[use])
+    if use != "predict":
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
 
@@ -112,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="model file to write (default: model.npz; with --url: none)")
     train.add_argument("--json", action="store_true", help="print one final JSON line")
     train.add_argument("--url", help="train on this service instead: submit a job and follow it")
-    train.add_argument("--token", help="with --url: bearer token (default: $MNIST_API_TOKEN)")
+    train.add_argument("--token", help="with --url: the write token (default: $MNIST_API_TOKEN)")
     train.add_argument(
         "--cancel-on-interrupt", action="store_true", help="with --url: Ctrl-C cancels the job too"
     )
@@ -174,23 +182,23 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--probabilities", action="store_true", help="write p0…p9 too")
     predict.add_argument("--strict", action="store_true", help="stop at the first unreadable input")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_remote_flags(predict, predict=True)
+    add_remote_flags(predict, "predict")
     predict.set_defaults(run=_remote("predict", "client.predict"))
 
     models = sub.add_parser("models", help="list the models on the service, or one model's versions")
     models.add_argument("name", nargs="?", metavar="NAME", help="a model: its versions and aliases")
-    add_remote_flags(models)
+    add_remote_flags(models, "read")
     models.set_defaults(run=_remote("models"))
 
     jobs = sub.add_parser("jobs", help="list training jobs; `jobs show ID`, `jobs cancel ID`")
     jobs.add_argument("--status", choices=["queued", "started", "finished", "failed", "canceled"])
     jobs.add_argument("--limit", type=int, help="at most this many (default 50)")
-    add_remote_flags(jobs)
+    add_remote_flags(jobs, "read")
     actions = jobs.add_subparsers(dest="jobs_action", metavar="ACTION")
     for name, what in (("show", "show one job"), ("cancel", "cancel a queued or running job")):
         action = actions.add_parser(name, help=what)
         action.add_argument("job_id", metavar="ID")
-        add_remote_flags(action)
+        add_remote_flags(action, "write" if name == "cancel" else "read")
     jobs.set_defaults(run=_remote("jobs"))
 
     alias = sub.add_parser("alias", help="point an alias (e.g. production) at a version, or delete it")

@@ -87,7 +87,7 @@ def demo(args: argparse.Namespace) -> int:
         )
     try:
         _wait_ready(proc, url, log)
-        with Client(url, token) as client:
+        with Client(url, token, predict_token=os.environ.get("MNIST_PREDICT_TOKEN")) as client:
             spec = {"model": args.model, "dataset": "mnist-sample", "recipe": "default"}
             if args.epochs:
                 spec["epochs"] = args.epochs

@@ -104,7 +104,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def datasets_command(args: argparse.Namespace) -> int:
     """List the built-in datasets and whether each is available here."""
-    entries = datasets.catalogue()
+    entries = datasets.catalogue(local=True)
     if args.json:
         print(json.dumps(entries))
         return 0

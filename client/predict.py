@@ -21,7 +21,7 @@ from client.answers import NPY, Answers, parse
 from client.defaults import CLASSES
 from client.inputs import Batch, InputError, discover, read
 from client.outputs import Writer, format_confusion, open_writer, output_format
-from client.remote import NoBar, bar_of, command, show_progress, token_of, url_of
+from client.remote import PREDICT, NoBar, bar_of, command, show_progress, token_of, url_of
 from client.routes import predict_path
 from client.transport import Transport
 
@@ -109,7 +109,7 @@ def predict(args: argparse.Namespace) -> int:
     path = predict_path(args.model, args.version, args.alias)
     # JSON Lines keep the service's shortest float32 digits, which only its JSON answer spells.
     accept = "application/json" if kind == "jsonl" else NPY
-    transport = Transport(url_of(args), token_of(args, predict=True))
+    transport = Transport(url_of(args), token_of(args, PREDICT))
     writer = open_writer(args.output, args.probabilities, args.top_k)
     tally = Tally()
     bar = bar_of(total, show_progress(args))

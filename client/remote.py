@@ -44,19 +44,37 @@ def url_of(args: argparse.Namespace) -> str:
     return getattr(args, "url", None) or os.environ.get("MNIST_URL") or DEFAULT_URL
 
 
-def token_of(args: argparse.Namespace, *, predict: bool = False) -> str | None:
-    """Return --token, else $MNIST_PREDICT_TOKEN (predictions only), else $MNIST_API_TOKEN, else None."""
+#: What a command sends its `--token` to: predict routes, reads, or writes (and their reads).
+PREDICT, READ, WRITE = "predict", "read", "write"
+
+
+def token_of(args: argparse.Namespace, use: str = WRITE) -> str | None:
+    """Return the token of a command by what it calls (`use`): --token, else the environment's.
+
+    predict: $MNIST_PREDICT_TOKEN, never $MNIST_API_TOKEN (the write token never goes to a
+    predict route); read: $MNIST_PREDICT_TOKEN, else $MNIST_API_TOKEN (the service takes either);
+    write: $MNIST_API_TOKEN.
+    """
     token = getattr(args, "token", None)
-    if predict:
+    if use in (PREDICT, READ):
         token = token or os.environ.get("MNIST_PREDICT_TOKEN")
-    return token or os.environ.get("MNIST_API_TOKEN") or None
+    if use in (READ, WRITE):
+        token = token or os.environ.get("MNIST_API_TOKEN")
+    return token or None
 
 
-def client_of(args: argparse.Namespace) -> Client:
-    """Return a Client for the command's --url and --token (else $MNIST_API_TOKEN)."""
+def client_of(args: argparse.Namespace, use: str = WRITE) -> Client:
+    """Return a Client for the command's --url and tokens: --token goes to its `use` (read or write).
+
+    A write command's reads (following its job, downloading its weights) send $MNIST_PREDICT_TOKEN
+    when set, else the write token. $MNIST_API_TOKEN never becomes a predict token.
+    """
     from client.api import Client  # requests: a fifth of a second, paid by the commands that use it
 
-    return Client(url_of(args), token_of(args))
+    if use == READ:  # --token, else $MNIST_PREDICT_TOKEN, else $MNIST_API_TOKEN (Client's reads)
+        token = getattr(args, "token", None) or os.environ.get("MNIST_PREDICT_TOKEN")
+        return Client(url_of(args), os.environ.get("MNIST_API_TOKEN"), predict_token=token or None)
+    return Client(url_of(args), token_of(args, WRITE), predict_token=os.environ.get("MNIST_PREDICT_TOKEN"))
 
 
 def _json(args: argparse.Namespace) -> bool:
@@ -206,7 +224,7 @@ def _pct(value: Any) -> str:
 @command
 def models(args: argparse.Namespace) -> int:
     """List the models, or one model's versions and aliases."""
-    with client_of(args) as client:
+    with client_of(args, READ) as client:
         data: Any = client.model(args.name) if args.name else client.models()
     if _json(args):
         print(json.dumps(data))
@@ -233,7 +251,7 @@ def models(args: argparse.Namespace) -> int:
 def jobs(args: argparse.Namespace) -> int:
     """List recent jobs, or show or cancel one."""
     action = getattr(args, "jobs_action", None)
-    with client_of(args) as client:
+    with client_of(args, WRITE if action == "cancel" else READ) as client:
         if action == "cancel":
             view = client.cancel(args.job_id)
             print(json.dumps(view) if _json(args) else f"job {view['id']} {view['status']}")

@@ -247,6 +247,7 @@ def up(args: argparse.Namespace) -> int:
                 "REDIS_URL": url,
                 "MNIST_API_TOKEN": token,
                 "MNIST_BIND": f"unix:{socket_path}" if nginx else f"{args.host}:{args.port}",
+                "MNIST_BLAS_THREADS": str(settings.blas_threads_for(args.workers)),
                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                 "PYTHONUNBUFFERED": "1",
             }

@@ -35,7 +35,7 @@ from redis.retry import Retry
 from services.api import dashboard, datasets, evaluation, jobs, models
 from services.predictor import v1, v2
 from services.serving.service import PredictionService
-from services.web import errors, health, metrics
+from services.web import auth, errors, health, metrics
 from services.web.context import EXTENSION, Services
 from services.web.errors import RedisBusy
 from shared import __version__
@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "OPENAPI_SWAGGER_UI_URL": "/docs/static/",
     "API_SPEC_OPTIONS": {
         "info": {"description": "Train a NumPy digit classifier on RQ workers and serve its versions."},
-        "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+        "components": {"securitySchemes": auth.SECURITY_SCHEMES},
     },
     "JSON_SORT_KEYS": False,
     # Start the model cache's watcher (pub/sub + poll); tests of other parts may turn it off.

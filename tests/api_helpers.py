@@ -103,7 +103,7 @@ class Live:
         """Poll a job until it ends, or reaches a status of `until` (with progress, if asked)."""
         deadline = time.monotonic() + timeout
         while True:
-            r = self.get(f"/v1/jobs/{job_id}")
+            r = self.get(f"/v1/jobs/{job_id}", headers=self.auth)  # a read: any token opens it
             assert r.status_code == 200, r.text
             view = r.json()
             if view["status"] in ("finished", "failed", "canceled"):

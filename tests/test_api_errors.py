@@ -15,6 +15,7 @@ import requests
 from services.app import create_app
 from tests.api_helpers import Live, live_stack, new_env
 from tests.live_fixtures import BIN, ROOT, Process
+from tests.routes import ROUTES, fill
 
 pytestmark = pytest.mark.slow
 
@@ -221,6 +222,62 @@ def test_path_traversal_is_refused(live: Live, method: str, path: str) -> None:
     assert r.getheader("Content-Type") == "application/json"
     assert b"root:" not in raw
     assert not Path("/tmp/evil").exists()
+
+
+#: The names of a route's path that are registry or dataset names, by parameter.
+NAMED = {"model": "model", "alias": "alias", "name": "dataset"}
+#: A body each method of a named route accepts, but for the name.
+BODIES = {
+    "PUT": (b'{"version": 1}', "application/json"),
+    "POST": (b"{}", "application/json"),
+}
+#: Every (method, rule, parameter) whose parameter is a name, from the table of every route.
+NAMED_ROUTES = sorted(
+    (method, rule, param) for (method, rule) in ROUTES for param in NAMED if f"<{param}>" in rule
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "rule", "param"), NAMED_ROUTES, ids=[f"{m} {r} {p}" for m, r, p in NAMED_ROUTES]
+)
+def test_a_name_with_a_trailing_newline_is_refused(live: Live, method: str, rule: str, param: str) -> None:
+    """`mnist%0A` in a path: the one name rule (a fullmatch) refuses it with a 400, on every route."""
+    values = {"model": "mnist", "alias": "production", "name": "mine", "version": "1", "job_id": "j"}
+    path = fill(rule, {**values, param: values[param] + "%0A"})
+    body, content_type = BODIES.get(method, (None, "application/json"))
+    if rule == "/v1/datasets/<name>" and method == "POST":
+        body, content_type = b"label,pixel0\n", "text/csv"
+    elif rule.endswith(":predict"):  # a valid prediction: only the name is wrong
+        body = json.dumps({"instances": [[0] * 784]}).encode()
+    elif rule.endswith("/infer"):
+        tensor = {"name": "input", "datatype": "UINT8", "shape": [1, 784], "data": [0] * 784}
+        body = json.dumps({"inputs": [tensor]}).encode()
+    netloc = urlsplit(live.url).netloc
+    conn = http.client.HTTPConnection(netloc, timeout=10)
+    try:  # byte for byte: no client normalises the %0A away
+        conn.request(method, path, body=body, headers={**live.auth, "Content-Type": content_type})
+        r = conn.getresponse()
+        raw = r.read()
+    finally:
+        conn.close()
+    assert r.status == 400, raw
+    payload = json.loads(raw)  # the one error shape (V2's routes add their "error" key)
+    assert payload["code"] == 400 and f"invalid {NAMED[param]} name" in payload["message"], payload
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/jobs", {"model": "mnist\n", "dataset": "mnist-sample"}, "model"),
+        ("/v1/jobs", {"dataset": "mnist-sample\n"}, "dataset"),
+        ("/v1/models/mnist/versions/1:evaluate", {"dataset": "mnist-sample\n"}, "dataset"),
+    ],
+)
+def test_a_name_with_a_trailing_newline_in_a_body_is_refused(
+    live: Live, path: str, body: dict, field: str
+) -> None:
+    r = live.post(path, json=body, headers=live.auth)
+    assert field in assert_error(r, 400)["errors"], r.text
 
 
 def test_server_refuses_to_start_without_token(redis_url: str, tmp_path: Path) -> None:

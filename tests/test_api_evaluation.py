@@ -38,6 +38,8 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 
 
 def evaluate(live: Live, body: Any, model: str = "scored", version: int = 1, **kw: Any):
+    """POST an evaluation with the write token (an evaluation always needs a token)."""
+    kw["headers"] = {**live.auth, **kw.get("headers", {})}
     return live.post(f"/v1/models/{model}/versions/{version}:evaluate", json=body, **kw)
 
 
@@ -120,7 +122,9 @@ def test_missing_things_and_wrong_media(live: Live) -> None:
     assert evaluate(live, {}, model="nobody").status_code == 404
     assert evaluate(live, {}, version=99).status_code == 404
     r = live.post(
-        "/v1/models/scored/versions/1:evaluate", data="dataset=x", headers={"Content-Type": "text/plain"}
+        "/v1/models/scored/versions/1:evaluate",
+        data="dataset=x",
+        headers={**live.auth, "Content-Type": "text/plain"},
     )
     assert r.status_code == 415
     assert live.get("/v1/models/scored/versions/1:evaluate").status_code == 405
@@ -143,13 +147,23 @@ def test_a_split_that_is_missing_is_a_400(live: Live) -> None:
     assert evaluate(live, {"dataset": "train-only", "split": "train"}).json()["count"] == 30
 
 
-def test_the_predict_token_guards_it_when_set(redis_url: str) -> None:
-    app = create_app({"api_token": "w", "predict_token": "p", "redis_url": redis_url, "MODEL_WATCHER": False})
-    client = app.test_client()
+@pytest.mark.parametrize("predict_token", ["p", ""])
+def test_it_needs_the_predict_or_the_write_token(redis_url: str, predict_token: str) -> None:
+    # It loads a model and a dataset into the process: never for anyone who can reach the port,
+    # with or without a predict token (a predict token then opens it too).
+    config = {
+        "api_token": "w",
+        "predict_token": predict_token,
+        "redis_url": redis_url,
+        "MODEL_WATCHER": False,
+    }
+    client = create_app(config).test_client()
     url = "/v1/models/none/versions/1:evaluate"
     assert client.post(url, json={}).status_code == 401
-    assert client.post(url, json={}, headers={"Authorization": "Bearer w"}).status_code == 403
-    assert client.post(url, json={}, headers={"Authorization": "Bearer p"}).status_code == 404
+    assert client.post(url, json={}, headers={"Authorization": "Bearer x"}).status_code == 403
+    assert client.post(url, json={}, headers={"Authorization": "Bearer w"}).status_code == 404
+    with_p = client.post(url, json={}, headers={"Authorization": "Bearer p"}).status_code
+    assert with_p == (404 if predict_token else 403)
 
 
 class FakeStore:

@@ -133,6 +133,45 @@ def test_the_training_flags_are_the_spec_fields() -> None:
         parser.parse_args(["--epochs", "2", "--iterations", "5"])  # argparse prints its usage error
 
 
+TOKEN_CASES = [
+    # (command line, environment, the token sent to what the command calls)
+    (["predict", "x.png"], {"MNIST_API_TOKEN": "w"}, None),  # the write token never goes to a prediction
+    (["predict", "x.png"], {"MNIST_API_TOKEN": "w", "MNIST_PREDICT_TOKEN": "p"}, "p"),
+    (["predict", "x.png", "--token", "t"], {"MNIST_PREDICT_TOKEN": "p"}, "t"),
+    (["models"], {"MNIST_API_TOKEN": "w"}, "w"),  # reads take either token
+    (["models"], {"MNIST_API_TOKEN": "w", "MNIST_PREDICT_TOKEN": "p"}, "p"),
+    (["models", "--token", "t"], {"MNIST_PREDICT_TOKEN": "p"}, "t"),
+    (["jobs", "show", "id"], {"MNIST_PREDICT_TOKEN": "p"}, "p"),
+    (["jobs", "cancel", "id"], {"MNIST_API_TOKEN": "w", "MNIST_PREDICT_TOKEN": "p"}, "w"),
+    (["jobs", "cancel", "id"], {"MNIST_PREDICT_TOKEN": "p"}, None),  # a write: never the predict token
+    (["alias", "set", "production", "1"], {"MNIST_API_TOKEN": "w", "MNIST_PREDICT_TOKEN": "p"}, "w"),
+    (["train", "--url", "http://h", "--token", "t"], {"MNIST_API_TOKEN": "w"}, "t"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "sent"), TOKEN_CASES, ids=[" ".join(a) for a, _, _ in TOKEN_CASES]
+)
+def test_each_command_chooses_the_token_of_what_it_calls(
+    argv: list[str], environ: dict[str, str], sent: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from client.cli import build_parser
+    from client.remote import PREDICT, READ, WRITE, client_of, token_of
+
+    for variable in ("MNIST_API_TOKEN", "MNIST_PREDICT_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in environ.items():
+        monkeypatch.setenv(variable, value)
+    args = build_parser().parse_args(argv)
+    if args.command == "predict":
+        assert token_of(args, PREDICT) == sent
+        return
+    writes = args.command in ("alias", "train") or getattr(args, "jobs_action", None) == "cancel"
+    with client_of(args, WRITE if writes else READ) as client:
+        assert client._token(WRITE if writes else READ) == sent
+        assert client._token(PREDICT) != "w"  # $MNIST_API_TOKEN never goes to a prediction
+
+
 def test_datasets_lists_the_builtins(tmp_path: Path) -> None:
     proc = mnist("datasets", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

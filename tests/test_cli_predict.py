@@ -331,6 +331,23 @@ def test_train_follows_the_job_in_plain_text(run, stack: Stack, tmp_path: Path) 
     assert "queued on" in proc.stderr
 
 
+def test_commands_send_the_token_of_what_they_call(run, stack: Stack, data: Path, tmp_path: Path) -> None:
+    # The server has both tokens. A 401 says no token was sent; a 403 that a wrong one was.
+    image = str(data / "originals" / "d000.png")
+    only_write = {"MNIST_PREDICT_TOKEN": ""}
+    assert "401 Unauthorized" in one_line_error(run("predict", image, cwd=tmp_path, **only_write))
+    assert run("models", cwd=tmp_path, **only_write).returncode == 0  # a read: the write token opens it
+    only_predict = {"MNIST_API_TOKEN": ""}
+    assert run("predict", image, cwd=tmp_path, **only_predict).returncode == 0
+    assert run("models", "mnist", cwd=tmp_path, **only_predict).returncode == 0
+    assert run("jobs", cwd=tmp_path, **only_predict).returncode == 0
+    line = one_line_error(run("jobs", "cancel", "no-such-job", cwd=tmp_path, **only_predict))
+    assert "401 Unauthorized" in line  # a write: the predict token is not sent there
+    neither = {"MNIST_API_TOKEN": "", "MNIST_PREDICT_TOKEN": ""}
+    assert "401 Unauthorized" in one_line_error(run("models", cwd=tmp_path, **neither))
+    assert run("models", "--token", PREDICT_TOKEN, cwd=tmp_path, **neither).returncode == 0
+
+
 def test_remote_errors_are_one_line(run, stack: Stack, tmp_path: Path) -> None:
     assert "404 Not Found" in one_line_error(run("models", "nosuch", cwd=tmp_path))
     line = one_line_error(run("alias", "set", "production", "1", cwd=tmp_path, MNIST_API_TOKEN=""))

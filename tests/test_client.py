@@ -97,11 +97,32 @@ def test_predict_by_alias(stack: Stack, client: Client) -> None:
 
 
 def test_predict_needs_the_predict_token(stack: Stack) -> None:
+    # The write token is never sent to a predict route: without a predict token, none goes (401).
     with Client(stack.live.url, stack.live.env.token) as c, pytest.raises(ClientError) as err:
         c.predict(sample_digits()[0][:2])
-    assert err.value.code == 403 and err.value.status == "Forbidden"
+    assert err.value.code == 401 and err.value.status == "Unauthorized"
     with Client(stack.live.url) as c, pytest.raises(ClientError) as err:
         c.predict(sample_digits()[0][:2])
+    assert err.value.code == 401
+    with Client(stack.live.url, predict_token="wrong") as c, pytest.raises(ClientError) as err:
+        c.predict(sample_digits()[0][:2])
+    assert err.value.code == 403
+
+
+def test_each_request_carries_the_token_of_its_kind(stack: Stack) -> None:
+    # The server has both tokens: reads take either, predictions the predict token, writes the write token.
+    images = sample_digits()[0][:2]
+    with Client(stack.live.url, stack.live.env.token) as writer:
+        assert [m["name"] for m in writer.models()] == ["mnist"]  # a read with the write token
+        assert writer.weights("mnist", stack.version)[:2] == b"PK"
+    with Client(stack.live.url, predict_token=PREDICT_TOKEN) as reader:
+        assert reader.model("mnist")["latest"] == stack.version  # a read with the predict token
+        assert len(reader.predict(images).labels) == 2
+        with pytest.raises(ClientError) as err:
+            reader.set_alias("mnist", "staging", stack.version)  # no write token: none is sent
+        assert err.value.code == 401
+    with Client(stack.live.url) as anonymous, pytest.raises(ClientError) as err:
+        anonymous.models()
     assert err.value.code == 401
 
 

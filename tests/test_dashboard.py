@@ -11,6 +11,7 @@ import base64
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from shared import pipeline, serialization
 from shared.keys import Keys
 from shared.registry import Registry
 from tests.api_helpers import model_blob, sample, version_meta
-from tests.live_fixtures import ROOT, Process, Server
+from tests.live_fixtures import ROOT, Process, Server, StackEnv, start_server, start_worker
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -173,10 +174,10 @@ class Tab:
         width = self.page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
         assert width[0] <= width[1], f"horizontal overflow: {width}"
 
-    def give_token(self, token: str) -> None:
-        """Answer the token dialog."""
+    def give_token(self, token: str, field: str = "#token-input") -> None:
+        """Answer the token dialog (the API token, or the predict token with field="#predict-token-input")."""
         self.page.wait_for_selector("#token-dialog[open]")
-        self.page.fill("#token-input", token)
+        self.page.fill(field, token)
         self.page.click("#token-form button[type=submit]")
         self.page.wait_for_selector("#token-dialog:not([open])", state="attached")
 
@@ -240,6 +241,7 @@ def test_every_view_at_desktop_and_phone_size(
                 tab.page.wait_for_selector("#draw-result:not([data-label=''])")
             elif view == "inspect":
                 tab.page.click("#inspect-form button[type=submit]")
+                tab.give_token(server.env.token)  # an evaluation always takes a token
                 tab.page.wait_for_selector("#inspect-result:not([hidden])")
                 assert tab.page.locator("#confusion tbody tr").count() == 10
                 shown = tab.page.locator("#misclassified .digit").count()
@@ -306,6 +308,50 @@ def test_submit_a_job_and_watch_its_curves_grow(tab: Tab, server: Server, worker
     tab.page.select_option("#models-select", "live-curve")
     tab.page.wait_for_selector(".version-card[data-version='1']")
     assert tab.page.locator(".version-card").count() == 1  # the canceled job published nothing
+
+
+def test_the_page_works_when_the_server_guards_reads(
+    browser: Browser, stack_env: StackEnv, tmp_path: Path, trained: tuple[bytes, dict[str, Any]]
+) -> None:
+    """With MNIST_PREDICT_TOKEN set, every read takes a token: the page asks once and sends it."""
+    predict = "predict-" + stack_env.token
+    guarded = start_server(stack_env, tmp_path, MNIST_PREDICT_TOKEN=predict)
+    worker = start_worker(stack_env, tmp_path, OPENBLAS_NUM_THREADS="1")
+    context = browser.new_context(viewport=DESKTOP)
+    tab = Tab(context.new_page(), guarded.url)
+    try:
+        publish(guarded, "mnist", [trained])
+        tab.page.goto(f"{guarded.url}/#models")
+        tab.page.wait_for_selector("#token-reason:not([hidden])")  # the first read was refused (401)
+        assert "predict token" in tab.page.inner_text("#token-reason")
+        tab.give_token(predict, "#predict-token-input")
+        tab.page.wait_for_selector(".version-card[data-version='1']")
+        tab.page.wait_for_selector("body[data-view='models']")
+
+        tab.open("draw")  # a prediction with the predict token
+        tab.draw(ONE)
+        tab.page.wait_for_selector("#draw-result:not([data-label=''])")
+        tab.open("inspect")  # an evaluation with the predict token
+        tab.page.click("#inspect-form button[type=submit]")
+        tab.page.wait_for_selector("#inspect-result:not([hidden])")
+
+        tab.open("training")  # a write asks for the API token; its events are read with the predict token
+        form = tab.page.locator("#job-form")
+        form.locator("[name=model]").fill("guarded")
+        form.locator("[name=hidden]").fill("16")
+        form.locator("[name=epochs]").fill("3")
+        form.locator("button[type=submit]").click()
+        tab.give_token(guarded.env.token)
+        tab.page.wait_for_selector("#job-watch[data-status=finished]", timeout=int(JOB_SECONDS * 1000))
+        assert "guarded v1" in tab.page.inner_text("#watch-message")
+        assert tab.page.locator("#chart-loss").get_attribute("data-points") == "6"  # both series, 3 epochs
+        tab.shot("guarded-reads-desktop")
+    finally:
+        context.close()
+        worker.stop()
+        guarded.process.stop()
+    # Refused requests are logged by the browser as errors: here the first reads, on purpose.
+    assert all("401" in e or "Unauthorized" in e for e in tab.errors), tab.errors
 
 
 def test_promote_and_roll_back(tab: Tab, server: Server) -> None:

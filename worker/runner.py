@@ -23,6 +23,9 @@ other job (`shared.jobs.refusal` says why) is failed before it is forked, import
 with its reason in the job's ``meta["error"]`` and one log line, never retried, and the worker
 takes the next job. A job that RQ cannot even read (a damaged hash) is dropped with a log line
 instead of stopping the worker, as RQ would.
+
+Each work horse trains with the BLAS threads that `python -m worker` set before NumPy loaded
+(worker/blas.py, MNIST_BLAS_THREADS); the worker logs the count at start.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from rq.utils import now
 
 from shared.config import Settings
 from shared.jobs import refusal
-from worker import tasks
+from worker import blas, tasks
+
+log = logging.getLogger(__name__)
 
 #: Seconds between heartbeats of a running job.
 MONITORING_INTERVAL = 5
@@ -155,6 +160,14 @@ def main() -> None:
     # logging knows level names in upper case only; gunicorn takes them in lower case.
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    # What the work horses inherit: `python -m worker` set it before NumPy loaded.
+    log.info(
+        "BLAS: %s thread(s) per job (%s=%s, OPENBLAS_NUM_THREADS=%s)",
+        blas.in_use() or "?",
+        Settings.variable("blas_threads"),
+        settings.blas_threads or "automatic",
+        os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+    )
     conn = redis.Redis.from_url(settings.redis_url, retry=REDIS_RETRY)
     worker = make_worker(settings, conn, name=settings.worker_name)
     worker.work(logging_level=level)

@@ -17,7 +17,7 @@ from flask import request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from services.api.schemas import DatasetSchema, UploadQuerySchema
-from services.web.auth import write_access
+from services.web.auth import read_access, write_access
 from services.web.blueprint import LOCATION, VALIDATION_STATUS, Blueprint
 from services.web.bodies import request_body
 from services.web.context import services
@@ -93,6 +93,7 @@ def _read_upload(limit: int) -> tuple[bytes, str | None]:
 
 
 @blp.route("", methods=["GET"])
+@read_access(blp)
 @blp.response(200, DatasetSchema(many=True), description="built-ins first, then uploads by name")
 def list_datasets() -> list[dict[str, Any]]:
     """List the built-in datasets (with availability) and the uploaded ones."""
@@ -101,6 +102,7 @@ def list_datasets() -> list[dict[str, Any]]:
 
 
 @blp.route("/<name>", methods=["GET"])
+@read_access(blp)
 @blp.response(200, DatasetSchema)
 @blp.alt_response(400, response="BAD_REQUEST", description="not a valid dataset name")
 @blp.alt_response(404, response="NOT_FOUND")

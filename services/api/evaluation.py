@@ -20,7 +20,7 @@ from flask import current_app
 from marshmallow import RAISE, Schema, fields, validate
 
 from services.serving.cache import LoadedModel
-from services.web.auth import check_predict_token
+from services.web.auth import evaluate_access
 from services.web.blueprint import VALIDATION_STATUS, Blueprint
 from services.web.context import services
 from shared import datasets, scoring
@@ -193,22 +193,17 @@ def evaluate(loaded: LoadedModel, x: np.ndarray, y: np.ndarray, max_wrong: int) 
 
 
 @blp.route("/v1/models/<model>/versions/<int:version>:evaluate", methods=["POST"])
+@evaluate_access(blp)
 @blp.arguments(EvaluateRequestSchema, error_status_code=VALIDATION_STATUS)
 @blp.response(200, EvaluationSchema)
 @blp.alt_response(400, response="BAD_REQUEST", description="invalid body, unknown dataset or no such split")
-@blp.alt_response(
-    401, response="UNAUTHORIZED", description="predict token missing (when MNIST_PREDICT_TOKEN is set)"
-)
-@blp.alt_response(403, response="FORBIDDEN", description="predict token wrong")
 @blp.alt_response(404, response="NOT_FOUND", description="unknown model or version")
 @blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
 @blp.alt_response(
     503, response="SERVICE_UNAVAILABLE", description="the version is not in memory and cannot be loaded"
 )
-@blp.doc(security=[{}, {"bearerAuth": []}])
 def evaluate_version(body: dict[str, Any], model: str, version: int) -> dict[str, Any]:
     """Score a version on a dataset split: accuracy, confusion matrix, misclassified images."""
-    check_predict_token()
     svc = services()
     loaded = svc.predictions.model(model, version=version)
     ds = _cache().get(body["dataset"], svc.datasets)

@@ -13,7 +13,7 @@ from flask import Response, current_app, url_for
 from flask.blueprints import BlueprintSetupState
 
 from services.api.schemas import JobQuerySchema, JobSchema, JobSpecSchema
-from services.web.auth import write_access
+from services.web.auth import read_access, write_access
 from services.web.blueprint import LOCATION, VALIDATION_STATUS, Blueprint
 from services.web.context import EXTENSION, services
 from services.web.errors import error_response
@@ -108,6 +108,7 @@ def submit(spec: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 @blp.route("", methods=["GET"])
+@read_access(blp)
 @blp.arguments(JobQuerySchema, location="query", error_status_code=VALIDATION_STATUS)
 @blp.response(200, JobSchema(many=True), description="newest first")
 @blp.alt_response(400, response="BAD_REQUEST")
@@ -118,6 +119,7 @@ def recent(query: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @blp.route("/<job_id>", methods=["GET"])
+@read_access(blp)
 @blp.response(200, JobSchema)
 @blp.alt_response(404, response="NOT_FOUND")
 def get(job_id: str) -> dict[str, Any]:
@@ -140,6 +142,7 @@ def cancel(job_id: str) -> tuple[dict[str, Any], int]:
 
 
 @blp.route("/<job_id>/events", methods=["GET"])
+@read_access(blp)
 @blp.response(
     200,
     {"type": "string"},

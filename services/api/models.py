@@ -7,9 +7,10 @@ from typing import Any
 from flask import Response, request, url_for
 
 from services.api.schemas import AliasBodySchema, AliasSchema, ModelSchema, ModelSummarySchema, VersionSchema
-from services.web.auth import write_access
+from services.web.auth import read_access, write_access
 from services.web.blueprint import VALIDATION_STATUS, Blueprint
 from services.web.context import services
+from shared import datasets
 from shared.errors import ModelNotFound
 from shared.registry import VersionRecord, check_name
 
@@ -26,6 +27,14 @@ def _by_version(aliases: dict[str, int]) -> dict[int, list[str]]:
     return named
 
 
+def _dataset(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Return a version's dataset lineage as the API shows it: no path of the worker's host."""
+    ref = meta.get("dataset")
+    if not isinstance(ref, dict) or not isinstance(ref.get("source"), str):
+        return ref
+    return {**ref, "source": datasets.without_paths(ref["source"])}
+
+
 def _summary(record: VersionRecord, aliases: list[str]) -> dict[str, Any]:
     meta = record.metadata
     return {
@@ -35,7 +44,7 @@ def _summary(record: VersionRecord, aliases: list[str]) -> dict[str, Any]:
         "size": record.size,
         "aliases": sorted(aliases),
         "job_id": meta.get("job_id"),
-        "dataset": meta.get("dataset"),
+        "dataset": _dataset(meta),
         "metrics": meta.get("metrics") or {},
     }
 
@@ -54,7 +63,7 @@ def _detail(record: VersionRecord, aliases: list[str]) -> dict[str, Any]:
         "history": meta.get("history") or [],
         "lineage": {
             "job_id": meta.get("job_id"),
-            "dataset": meta.get("dataset"),
+            "dataset": _dataset(meta),
             "recipe": meta.get("recipe"),
             "config": config,
             "spec": meta.get("spec"),
@@ -64,6 +73,7 @@ def _detail(record: VersionRecord, aliases: list[str]) -> dict[str, Any]:
 
 
 @blp.route("", methods=["GET"])
+@read_access(blp)
 @blp.response(200, ModelSummarySchema(many=True))
 def list_models() -> list[dict[str, Any]]:
     """List the models with their latest version, aliases and number of versions."""
@@ -82,6 +92,7 @@ def list_models() -> list[dict[str, Any]]:
 
 
 @blp.route("/<model>", methods=["GET"])
+@read_access(blp)
 @blp.response(200, ModelSchema)
 @blp.alt_response(400, response="BAD_REQUEST", description="not a valid model name")
 @blp.alt_response(404, response="NOT_FOUND")
@@ -100,6 +111,7 @@ def get_model(model: str) -> dict[str, Any]:
 
 
 @blp.route("/<model>/versions/<int:version>", methods=["GET"])
+@read_access(blp)
 @blp.response(200, VersionSchema)
 @blp.alt_response(400, response="BAD_REQUEST")
 @blp.alt_response(404, response="NOT_FOUND")
@@ -112,6 +124,7 @@ def get_version(model: str, version: int) -> dict[str, Any]:
 
 
 @blp.route("/<model>/versions/<int:version>/weights", methods=["GET"])
+@read_access(blp)
 @blp.response(
     200,
     {"type": "string", "format": "binary"},
@@ -159,6 +172,7 @@ def set_alias(body: dict[str, Any], model: str, alias: str) -> dict[str, Any]:
 
 
 @blp.route("/<model>/aliases/<alias>", methods=["GET"])
+@read_access(blp)
 @blp.response(200, AliasSchema)
 @blp.alt_response(404, response="NOT_FOUND")
 def get_alias(model: str, alias: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from marshmallow import Schema, fields, validate
 
 from services.predictor import decode
 from services.serving.service import Prediction
-from services.web.auth import check_predict_token
+from services.web.auth import PREDICT_SECURITY, check_predict_token
 from services.web.blueprint import Blueprint
 from services.web.bodies import request_body
 from services.web.context import services
@@ -145,7 +145,7 @@ def _documented(view):
     view = blp.doc(
         requestBody=REQUEST_BODY,
         parameters=QUERY,
-        security=[{}, {"bearerAuth": []}],
+        security=PREDICT_SECURITY,
         responses={**error_docs(ERRORS), **ANSWER_DOC},
     )(view)
     return blp.response(200, PredictResponseSchema)(view)

@@ -25,7 +25,7 @@ from marshmallow import Schema, fields
 
 from services.predictor import decode
 from services.serving.service import Prediction
-from services.web.auth import check_predict_token
+from services.web.auth import PREDICT_SECURITY, check_predict_token, read_access
 from services.web.blueprint import Blueprint
 from services.web.bodies import request_body
 from services.web.context import services
@@ -154,6 +154,7 @@ def ready() -> Response:
 
 
 @blp.route("/v2/models/<model>", methods=["GET"])
+@read_access(blp)
 @blp.response(200, ModelMetadataSchema)
 @blp.alt_response(404, description="unknown model")
 def model_metadata(model: str) -> Response:
@@ -162,6 +163,7 @@ def model_metadata(model: str) -> Response:
 
 
 @blp.route("/v2/models/<model>/versions/<int:version>", methods=["GET"])
+@read_access(blp)
 @blp.response(200, ModelMetadataSchema)
 @blp.alt_response(404, description="unknown model or version")
 def version_metadata(model: str, version: int) -> Response:
@@ -170,6 +172,7 @@ def version_metadata(model: str, version: int) -> Response:
 
 
 @blp.route("/v2/models/<model>/ready", methods=["GET"])
+@read_access(blp)
 @blp.response(200, V2ReadySchema)
 @blp.alt_response(400, schema=V2ReadySchema, description="the version cannot be loaded")
 @blp.alt_response(404, description="unknown model")
@@ -179,6 +182,7 @@ def model_ready(model: str) -> Response:
 
 
 @blp.route("/v2/models/<model>/versions/<int:version>/ready", methods=["GET"])
+@read_access(blp)
 @blp.response(200, V2ReadySchema)
 @blp.alt_response(400, schema=V2ReadySchema, description="the version cannot be loaded")
 @blp.alt_response(404, description="unknown model or version")
@@ -192,13 +196,12 @@ def _documented_infer(view):
     errors = {
         400: "invalid request or tensor",
         401: "predict token missing (when MNIST_PREDICT_TOKEN is set)",
+        403: "predict token wrong",
         404: "unknown model or version",
         413: "body or batch too large",
         503: "the version is not in memory and cannot be loaded",
     }
-    view = blp.doc(requestBody=INFER_BODY, security=[{}, {"bearerAuth": []}], responses=error_docs(errors))(
-        view
-    )
+    view = blp.doc(requestBody=INFER_BODY, security=PREDICT_SECURITY, responses=error_docs(errors))(view)
     return blp.response(200, InferResponseSchema)(view)
 
 

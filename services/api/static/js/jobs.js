@@ -10,7 +10,7 @@ const LIST_INTERVAL = 5000;
 const NUMBERS = ['learning_rate', 'batch_size', 'epochs', 'seed'];
 
 let charts = null;
-let source = null; // EventSource of the followed job
+let source = null; // event stream of the followed job (api.followJob)
 let watched = null; // { id, running, status }: running once a live event showed it unfinished
 let listTimer = null;
 
@@ -105,34 +105,23 @@ export function watch(id) {
   }
   render({ id, status: 'queued', progress: null, curve: [] }, 'Connecting…');
   markWatched();
-  const stream = new EventSource(api.eventsUrl(id));
+  const stream = api.followJob(id, (event, data) => {
+    if (source !== stream) return; // another job is followed now
+    if (event === 'progress') {
+      watched.running = !ENDED.has(data.status); // seen live: its end is news (a toast, new versions)
+      render(data);
+    } else if (event === 'end') {
+      source = null;
+      render(data);
+      if (watched.running) ended(data);
+    } else if (event === 'error') {
+      // The server's own `event: error` (the job expired, Redis is away), or an error answer.
+      source = null;
+      byId('watch-message').textContent = (data && data.message)
+        || 'The job\'s event stream closed: refresh the list to see where it stands.';
+    }
+  });
   source = stream;
-  const mine = () => source === stream;
-  stream.addEventListener('progress', (e) => {
-    if (!mine()) return;
-    const view = JSON.parse(e.data);
-    watched.running = !ENDED.has(view.status); // seen live: its end is news (a toast, new versions)
-    render(view);
-  });
-  stream.addEventListener('end', (e) => {
-    stream.close();
-    if (!mine()) return;
-    source = null;
-    const view = JSON.parse(e.data);
-    render(view);
-    if (watched.running) ended(view);
-  });
-  stream.addEventListener('error', (e) => {
-    // The server's own `event: error` has data (the job expired, Redis is away). A dropped
-    // connection has none, and EventSource reconnects by itself after the stream's `retry`,
-    // unless the reconnection was refused (the job is gone): then the stream is closed.
-    if (!mine() || (!e.data && stream.readyState !== EventSource.CLOSED)) return;
-    stream.close();
-    source = null;
-    byId('watch-message').textContent = e.data
-      ? JSON.parse(e.data).message
-      : 'The job\'s event stream closed: refresh the list to see where it stands.';
-  });
 }
 
 function ended(view) {
