@@ -166,6 +166,7 @@ def test_before_nginx_slow_clients_starve_gunicorn_alone(
                 outcomes.append(f"{r.status_code} in {time.monotonic() - started:.1f} s")
             except requests.RequestException as exc:
                 outcomes.append(f"{type(exc).__name__} after {time.monotonic() - started:.1f} s")
+        open_during = slow.open
         figures.record(
             "hostile_clients_gunicorn_alone",
             slow_connections=SLOW,
@@ -173,7 +174,12 @@ def test_before_nginx_slow_clients_starve_gunicorn_alone(
             healthz_tries=outcomes,
             healthz_timeouts=sum("Timeout" in o for o in outcomes),
         )
-        assert all("Timeout" in o for o in outcomes), outcomes  # what nginx is there for
+        # A measure of the "before", not a property to keep: what is asserted is that the attack
+        # was in place (the slow connections held). Whether gunicorn alone then starves depends
+        # on which connections its threads pick up first: on 2026-12-06 /healthz timed out on 3 of
+        # 3 tries in two runs, 1 of 3 in another, 0 of 3 in a fourth. The "after" test, through
+        # nginx, is the one that asserts the figures the issue asks for.
+        assert open_during >= SLOW * 0.9, open_during
     finally:
         if slow is not None:
             slow.stop()
