@@ -84,6 +84,11 @@ class Router:
 
     __slots__ = ("_bounds", "_targets", "split")
 
+    @property
+    def targets(self) -> list[Any]:
+        """Return the targets, in the order of the split's versions."""
+        return list(self._targets)
+
     def __init__(self, split: Mapping[int, float], targets: Sequence[Any] | None = None) -> None:
         """Route over `split` (normalised); `targets[i]` stands for its i-th version (default: itself)."""
         self.split = dict(sorted(split.items()))
