@@ -56,6 +56,7 @@ ROUTES: dict[tuple[str, str], str] = {
     # Writes.
     ("POST", "/v1/jobs"): WRITE,
     ("DELETE", "/v1/jobs/<job_id>"): WRITE,
+    ("POST", "/v1/models/<model>/versions"): WRITE,
     ("DELETE", "/v1/models/<model>/versions/<int:version>"): WRITE,
     ("PUT", "/v1/models/<model>/aliases/<alias>"): WRITE,
     ("DELETE", "/v1/models/<model>/aliases/<alias>"): WRITE,
