@@ -4,83 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import zipfile
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
-from services.app import create_app
 from shared import serialization
 from shared.keys import Keys
 from shared.registry import Registry
-from tests.api_helpers import cleanup, new_env
+from tests.app_fixtures import LIMIT, NPZ, layers, meta, npz, params, publish_two
 from tests.live_fixtures import StackEnv
 
-#: The body limit of the test app (bytes): small, so that "too big" is cheap to send.
-LIMIT = 2 * 2**20
-NPZ = {"Content-Type": "application/x-npz"}
 
-
-@pytest.fixture
-def env(redis_url: str) -> Iterator[StackEnv]:
-    """A stack environment (prefix, token) whose keys are deleted afterwards."""
-    env = new_env(redis_url)
-    yield env
-    cleanup(env)
-
-
-@pytest.fixture
-def client(env: StackEnv) -> FlaskClient:
-    """The app's test client, with a small body limit."""
-    config = {
-        "redis_url": env.redis_url,
-        "key_prefix": env.prefix,
-        "queue": env.queue,
-        "api_token": env.token,
-        "max_body_bytes": LIMIT,
-        "MODEL_WATCHER": False,
-    }
-    return create_app(config).test_client()
-
-
-def params(hidden: int = 16, seed: int = 0, label: int | None = None) -> list[np.ndarray]:
-    """Return 784-hidden-10 float32 parameters; with `label`, a network that always answers it."""
-    rng = np.random.default_rng(seed)
-    found = [
-        rng.standard_normal((hidden, 784)).astype(np.float32) * 0.05,
-        np.zeros(hidden, np.float32),
-        rng.standard_normal((10, hidden)).astype(np.float32) * 0.05,
-        np.zeros(10, np.float32),
-    ]
-    if label is not None:
-        found[-1][label] = 50.0
-    return found
-
-
-def npz(arrays: dict[str, Any], compressed: bool = False) -> bytes:
-    """Return the .npz bytes of `arrays` (object arrays pickled, as np.savez writes them)."""
-    buf = io.BytesIO()
-    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
-    return buf.getvalue()
-
-
-def layers(found: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Return the arrays W1, b1, … of `found`."""
-    return {f"{'Wb'[i % 2]}{i // 2 + 1}": p for i, p in enumerate(found)}
-
-
-def meta(**more: Any) -> np.ndarray:
-    """Return a meta array: a JSON string."""
-    return np.array(json.dumps({"recipe": "elsewhere", "metrics": {"test_accuracy": 0.9}, **more}))
-
-
-def test_import_publishes_a_version_marked_imported(client: FlaskClient, env: StackEnv) -> None:
+def test_import_publishes_a_version_marked_imported(app_client: FlaskClient, app_env: StackEnv) -> None:
     data = npz({**layers(params(label=7)), "meta": meta(job_id="theirs-1", profile={"mean": [1]})})
-    r = client.post("/v1/models/imported/versions?alias=production", data=data, headers={**NPZ, **env.auth})
+    r = app_client.post(
+        "/v1/models/imported/versions?alias=production", data=data, headers={**NPZ, **app_env.auth}
+    )
     assert r.status_code == 201, r.get_json()
     body = r.get_json()
     assert r.headers["Location"].endswith(f"/v1/models/imported/versions/{body['version']}")
@@ -90,20 +32,20 @@ def test_import_publishes_a_version_marked_imported(client: FlaskClient, env: St
     assert body["aliases"] == ["production"] and body["metrics"] == {"test_accuracy": 0.9}
     assert body["architecture"]["sizes"] == [784, 16, 10]
     # Stored as the documented model file, its meta carrying the lineage, not the foreign job.
-    registry = Registry(client.application.extensions["mnist"].redis, Keys(env.prefix))
+    registry = Registry(app_client.application.extensions["mnist"].redis, Keys(app_env.prefix))
     blob, record = registry.get_blob("imported", body["version"])
     stored, stored_meta = serialization.model_from_bytes(blob)
     assert all(np.array_equal(a, b) for a, b in zip(stored, params(label=7), strict=True))
     assert stored_meta["lineage"]["source"] == "import" and "job_id" not in stored_meta
     assert "profile" not in record.metadata
     # And it serves: the production alias names it.
-    answer = client.post("/v1/models/imported:predict", json={"instances": [[0] * 784]})
+    answer = app_client.post("/v1/models/imported:predict", json={"instances": [[0] * 784]})
     assert answer.status_code == 200
     assert answer.get_json()["model_version"] == body["version"]
     assert answer.get_json()["predictions"][0]["label"] == 7
 
 
-def test_float64_and_deeper_networks_import(client: FlaskClient, env: StackEnv) -> None:
+def test_float64_and_deeper_networks_import(app_client: FlaskClient, app_env: StackEnv) -> None:
     rng = np.random.default_rng(1)
     deep = [
         rng.standard_normal((32, 784)),
@@ -114,7 +56,7 @@ def test_float64_and_deeper_networks_import(client: FlaskClient, env: StackEnv) 
         np.zeros(10),
     ]
     data = npz({**layers(deep), "meta": meta()}, compressed=True)
-    r = client.post("/v1/models/deep/versions", data=data, headers={**NPZ, **env.auth})
+    r = app_client.post("/v1/models/deep/versions", data=data, headers={**NPZ, **app_env.auth})
     assert r.status_code == 201, r.get_json()
     assert r.get_json()["architecture"]["sizes"] == [784, 32, 16, 10]
 
@@ -166,46 +108,44 @@ def bad_files() -> dict[str, tuple[bytes, int, str]]:
 
 
 @pytest.mark.parametrize("case", list(bad_files()))
-def test_bad_model_files_are_refused_with_4xx(client: FlaskClient, env: StackEnv, case: str) -> None:
+def test_bad_model_files_are_refused_with_4xx(app_client: FlaskClient, app_env: StackEnv, case: str) -> None:
     data, status, why = bad_files()[case]
-    r = client.post("/v1/models/refused/versions", data=data, headers={**NPZ, **env.auth})
+    r = app_client.post("/v1/models/refused/versions", data=data, headers={**NPZ, **app_env.auth})
     assert r.status_code == status, r.get_json()
     body = r.get_json()
     assert body["code"] == status and why in body["message"]
-    assert client.get("/v1/models/refused").status_code == 404  # nothing published
+    assert app_client.get("/v1/models/refused").status_code == 404  # nothing published
 
 
-def test_import_needs_the_token_a_model_file_and_valid_names(client: FlaskClient, env: StackEnv) -> None:
+def test_import_needs_the_token_a_model_file_and_valid_names(
+    app_client: FlaskClient, app_env: StackEnv
+) -> None:
     data = npz({**layers(params()), "meta": meta()})
-    assert client.post("/v1/models/m/versions", data=data, headers=NPZ).status_code == 401
+    assert app_client.post("/v1/models/m/versions", data=data, headers=NPZ).status_code == 401
     wrong = {**NPZ, "Authorization": "Bearer nope"}
-    assert client.post("/v1/models/m/versions", data=data, headers=wrong).status_code == 403
-    as_json = {"Content-Type": "application/json", **env.auth}
-    assert client.post("/v1/models/m/versions", data=data, headers=as_json).status_code == 415
-    assert client.post("/v1/models/-m/versions", data=data, headers={**NPZ, **env.auth}).status_code == 400
+    assert app_client.post("/v1/models/m/versions", data=data, headers=wrong).status_code == 403
+    as_json = {"Content-Type": "application/json", **app_env.auth}
+    assert app_client.post("/v1/models/m/versions", data=data, headers=as_json).status_code == 415
     assert (
-        client.post("/v1/models/m/versions?alias=12", data=data, headers={**NPZ, **env.auth}).status_code
+        app_client.post("/v1/models/-m/versions", data=data, headers={**NPZ, **app_env.auth}).status_code
         == 400
     )
-    assert client.get("/v1/models/m").status_code == 404
+    assert (
+        app_client.post(
+            "/v1/models/m/versions?alias=12", data=data, headers={**NPZ, **app_env.auth}
+        ).status_code
+        == 400
+    )
+    assert app_client.get("/v1/models/m").status_code == 404
 
 
 # --- splits over HTTP ------------------------------------------------------------------------------
-def publish_two(client: FlaskClient, env: StackEnv, model: str) -> tuple[int, int]:
-    """Import two versions of `model` answering 4 and 5; production on the first."""
-    versions = []
-    for label in (4, 5):
-        data = npz({**layers(params(label=label)), "meta": meta()})
-        r = client.post(f"/v1/models/{model}/versions", data=data, headers={**NPZ, **env.auth})
-        versions.append(r.get_json()["version"])
-    client.put(f"/v1/models/{model}/aliases/production", json={"version": versions[0]}, headers=env.auth)
-    return versions[0], versions[1]
-
-
-def test_an_alias_split_over_http(client: FlaskClient, env: StackEnv) -> None:
-    base, canary = publish_two(client, env, "split")
+def test_an_alias_split_over_http(app_client: FlaskClient, app_env: StackEnv) -> None:
+    base, canary = publish_two(app_client, app_env, "split")
     url = "/v1/models/split/aliases/production"
-    r = client.put(url, json={"versions": {str(base): 3, str(canary): 1}, "reason": "try"}, headers=env.auth)
+    r = app_client.put(
+        url, json={"versions": {str(base): 3, str(canary): 1}, "reason": "try"}, headers=app_env.auth
+    )
     assert r.status_code == 200, r.get_json()
     split = {str(base): 0.75, str(canary): 0.25}
     assert r.get_json() == {
@@ -215,25 +155,25 @@ def test_an_alias_split_over_http(client: FlaskClient, env: StackEnv) -> None:
         "previous": base,
         "split": split,
     }
-    model = client.get("/v1/models/split").get_json()
+    model = app_client.get("/v1/models/split").get_json()
     assert model["splits"] == {"production": split} and model["aliases"] == {"production": base}
     assert [v["aliases"] for v in model["versions"]] == [["production"], ["production"]]
-    assert client.get(url).get_json()["split"] == split
+    assert app_client.get(url).get_json()["split"] == split
     # Predictions route by key: the answer names the version that computed it.
     seen = {}
     for i in range(200):
-        answer = client.post(
+        answer = app_client.post(
             "/v1/models/split:predict", json={"instances": [[0] * 784]}, headers={"X-Routing-Key": str(i)}
         )
         body = answer.get_json()
         assert body["predictions"][0]["label"] == (4 if body["model_version"] == base else 5)
         seen[str(i)] = body["model_version"]
     assert set(seen.values()) == {base, canary}
-    again = client.post(
+    again = app_client.post(
         "/v1/models/split:predict", json={"instances": [[0] * 784]}, headers={"X-Request-Id": "7"}
     )
-    assert again.get_json()["model_version"] == seen["7"]  # the client's request id is the key too
-    v2 = client.post(
+    assert again.get_json()["model_version"] == seen["7"]  # the app_client's request id is the key too
+    v2 = app_client.post(
         "/v2/models/split/infer",
         json={"inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}]},
         headers={"X-Routing-Key": "7"},
@@ -241,8 +181,8 @@ def test_an_alias_split_over_http(client: FlaskClient, env: StackEnv) -> None:
     assert v2.status_code == 200, v2.get_json()
     assert v2.get_json()["model_version"] == str(seen["7"])
     # A plain alias clears the split.
-    assert client.put(url, json={"version": canary}, headers=env.auth).get_json()["split"] is None
-    assert client.get("/v1/models/split").get_json()["splits"] == {}
+    assert app_client.put(url, json={"version": canary}, headers=app_env.auth).get_json()["split"] is None
+    assert app_client.get("/v1/models/split").get_json()["splits"] == {}
 
 
 @pytest.mark.parametrize(
@@ -260,9 +200,9 @@ def test_an_alias_split_over_http(client: FlaskClient, env: StackEnv) -> None:
     ],
 )
 def test_bad_splits_are_refused(
-    client: FlaskClient, env: StackEnv, body: dict[str, Any], status: int
+    app_client: FlaskClient, app_env: StackEnv, body: dict[str, Any], status: int
 ) -> None:
-    base, canary = publish_two(client, env, "badsplit")
-    r = client.put("/v1/models/badsplit/aliases/production", json=body, headers=env.auth)
+    base, canary = publish_two(app_client, app_env, "badsplit")
+    r = app_client.put("/v1/models/badsplit/aliases/production", json=body, headers=app_env.auth)
     assert r.status_code == status, r.get_json()
-    assert client.get("/v1/models/badsplit").get_json()["splits"] == {}
+    assert app_client.get("/v1/models/badsplit").get_json()["splits"] == {}

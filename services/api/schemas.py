@@ -194,6 +194,63 @@ class ImportQuerySchema(Schema):
     )
 
 
+# --- rollouts ---------------------------------------------------------------------------------
+
+#: Most decisions one `GET …/rollout` returns.
+MAX_DECISIONS = 200
+
+
+class RolloutBodySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    action = fields.String(required=True, validate=validate.OneOf(["canary", "promote", "rollback"]))
+    version = fields.Integer(strict=True, metadata={"description": "canary: the version that gets `weight`"})
+    weight = fields.Float(metadata={"description": "canary: its share of the traffic, 0 < weight < 1"})
+    alias = fields.String(
+        load_default="production", validate=name_field, metadata={"description": "the alias rolled out"}
+    )
+    reason = fields.String(
+        load_default="",
+        validate=validate.Length(max=MAX_REASON),
+        metadata={"description": "why, for the log"},
+    )
+
+
+class RolloutQuerySchema(Schema):
+    alias = fields.String(load_default="production", validate=name_field)
+    limit = fields.Integer(
+        load_default=20, validate=validate.Range(1, MAX_DECISIONS), metadata={"description": "most decisions"}
+    )
+
+
+class CanarySchema(Schema):
+    version = fields.Integer()
+    weight = fields.Float(metadata={"description": "its share of the alias's traffic"})
+    base = fields.Integer(metadata={"description": "the version serving the rest"})
+
+
+class DecisionSchema(Schema):
+    id = fields.String(metadata={"description": "the stream entry's id"})
+    time = fields.String()
+    action = fields.String(metadata={"description": "canary, promote, rollback or split"})
+    version = fields.Integer(allow_none=True)
+    alias = fields.String()
+    reason = fields.String()
+    actor = fields.String(metadata={"description": "api or rule"})
+    split = split_field(metadata={"description": "the alias's split after the decision"})
+
+
+class RolloutSchema(Schema):
+    model = fields.String()
+    alias = fields.String()
+    split = split_field(metadata={"description": "{version: weight} now; {} if the alias is not set"})
+    canary = fields.Nested(CanarySchema, allow_none=True)
+    decisions = fields.List(
+        fields.Nested(DecisionSchema), metadata={"description": "newest first, every alias"}
+    )
+
+
 # --- datasets ---------------------------------------------------------------------------------
 
 
