@@ -31,6 +31,7 @@ from shared.errors import (
     CorruptModel,
     InvalidInput,
     ModelNotFound,
+    RolloutConflict,
     VersionInUse,
     VersionNotFound,
 )
@@ -51,7 +52,7 @@ RECORD_HEAD_BYTES = 256
 _HEAD_SHA256 = re.compile(rb'^\{"version":\d+,"model":"[^"]*","sha256":"([0-9a-f]{64})"')
 
 # Status codes the scripts return instead of raising, mapped to domain errors by `_raise`.
-_OK, _NO_MODEL, _NO_VERSION, _NO_ALIAS, _IN_USE = 0, -1, -2, -3, -4
+_OK, _NO_MODEL, _NO_VERSION, _NO_ALIAS, _IN_USE, _CHANGED = 0, -1, -2, -3, -4, -5
 
 # Publish. KEYS: counter, versions, latest, models[, published]. ARGV: model, blob head, blob
 # tail, record head, record tail, blob, record JSON without its opening brace, channel.
@@ -134,24 +135,32 @@ return gone
 """
 )
 
-# Appends a decision when KEYS[5] (the decisions stream) is given: ARGV[first] is the stream's
-# MAXLEN, the rest its field/value pairs.
+# The tail of both alias scripts' ARGV, from `first`: the alias's version and split expected now
+# ('*': whatever they are; '': none), then the decisions stream's MAXLEN and, when KEYS[5] (the
+# stream) is given, the decision's field/value pairs. `expected` runs before any write.
 _DECIDE = """
+local function expected(first)
+  if ARGV[first] == '*' then return true end
+  local alias = redis.call('HGET', KEYS[2], ARGV[2]) or ''
+  local split = redis.call('HGET', KEYS[4], ARGV[2]) or ''
+  return alias == ARGV[first] and split == ARGV[first + 1]
+end
 local function decide(first)
   if not KEYS[5] then return end
-  local args = {'XADD', KEYS[5], 'MAXLEN', '~', ARGV[first], '*'}
-  for i = first + 1, #ARGV do table.insert(args, ARGV[i]) end
+  local args = {'XADD', KEYS[5], 'MAXLEN', '~', ARGV[first + 2], '*'}
+  for i = first + 3, #ARGV do table.insert(args, ARGV[i]) end
   redis.call(unpack(args))
 end
 """
 
 # Set or move an alias to one version, clearing its split. KEYS: versions, aliases, models,
-# splits[, decisions]. ARGV: model, alias, version, channel[, maxlen, decision fields].
+# splits[, decisions]. ARGV: model, alias, version, channel, then the tail of _DECIDE.
 _SET_ALIAS = (
     _DECIDE
     + """
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return -1 end
 if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then return -2 end
+if not expected(5) then return -5 end
 local prev = redis.call('HGET', KEYS[2], ARGV[2])
 local was_split = redis.call('HDEL', KEYS[4], ARGV[2]) == 1
 decide(5)
@@ -164,7 +173,7 @@ return 0
 )
 
 # Make an alias a split. KEYS: versions, aliases, models, splits[, decisions]. ARGV: model,
-# alias, split JSON, primary version, channel[, maxlen, decision fields]. Returns {status, version}.
+# alias, split JSON, primary version, channel, then the tail of _DECIDE. Returns {status, version}.
 _SET_SPLIT = (
     _DECIDE
     + """
@@ -172,6 +181,7 @@ if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return {-1, 0} end
 for vs, _ in pairs(cjson.decode(ARGV[3])) do
   if not redis.call('ZSCORE', KEYS[1], vs) then return {-2, tonumber(vs)} end
 end
+if not expected(6) then return {-5, 0} end
 local prev = redis.call('HGET', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
@@ -331,34 +341,48 @@ class Registry:
         return int(version)
 
     def set_alias(
-        self, model: str, alias: str, version: int, *, decision: dict[str, Any] | None = None
+        self,
+        model: str,
+        alias: str,
+        version: int,
+        *,
+        decision: dict[str, Any] | None = None,
+        expect: dict[int, float] | None = None,
     ) -> None:
         """Point `alias` at `version` alone, creating or moving it and clearing its split.
 
         With `decision` ({action, version, reason, actor}), append it to the model's decisions in
-        the same script.
+        the same script. With `expect` (the alias's split now: {} unset, {v: 1.0} one version),
+        move it only if that is still so, else RolloutConflict: a decision taken on what was read.
         """
         check_name(model)
         check_name(alias, "alias")
         check_version(version)
-        keys, tail = self._decision_parts(model, alias, {version: 1.0}, decision)
+        keys, tail = self._decision_parts(model, alias, {version: 1.0}, decision, expect)
         status = self._set_alias(keys=keys, args=[model, alias, version, self.keys.events(), *tail])
         self._raise(status, model, version=version, alias=alias)
 
     def set_split(
-        self, model: str, alias: str, weights: dict[Any, Any], *, decision: dict[str, Any] | None = None
+        self,
+        model: str,
+        alias: str,
+        weights: dict[Any, Any],
+        *,
+        decision: dict[str, Any] | None = None,
+        expect: dict[int, float] | None = None,
     ) -> dict[int, float]:
         """Make `alias` a traffic split {version: weight}, normalised and returned (one version: plain).
 
         Every version must exist; the weights are checked by `shared.splits.normalize`.
+        `decision` and `expect` as for `set_alias`.
         """
         check_name(model)
         check_name(alias, "alias")
         split = traffic.normalize(weights)
         if len(split) == 1:
-            self.set_alias(model, alias, next(iter(split)), decision=decision)
+            self.set_alias(model, alias, next(iter(split)), decision=decision, expect=expect)
             return split
-        keys, tail = self._decision_parts(model, alias, split, decision)
+        keys, tail = self._decision_parts(model, alias, split, decision, expect)
         primary = traffic.primary(split)
         status, missing = self._set_split(
             keys=keys,
@@ -368,16 +392,27 @@ class Registry:
         return split
 
     def _decision_parts(
-        self, model: str, alias: str, split: dict[int, float], decision: dict[str, Any] | None
+        self,
+        model: str,
+        alias: str,
+        split: dict[int, float],
+        decision: dict[str, Any] | None,
+        expect: dict[int, float] | None,
     ) -> tuple[list[str], list[Any]]:
-        """Return the KEYS of the alias scripts, and the ARGV tail that appends `decision` (if any)."""
+        """Return the KEYS of the alias scripts, and the ARGV tail: `expect`, and `decision` (if any)."""
         keys = [self.keys.versions(model), self.keys.aliases(model), self.keys.models()]
         keys.append(self.keys.splits(model))
+        if expect is None:
+            tail: list[Any] = ["*", ""]
+        elif len(expect) > 1:  # as the script stores it: the same bytes
+            tail = [traffic.primary(expect), orjson.dumps(traffic.to_json(expect))]
+        else:
+            tail = [next(iter(expect), ""), ""]
+        tail.append(DECISIONS_MAXLEN)
         if decision is None:
-            return keys, []
+            return keys, tail
         fields: dict[str, Any] = {f: decision.get(f) for f in DECISION_FIELDS}
         fields.update(alias=alias, split=orjson.dumps(traffic.to_json(split)).decode())
-        tail: list[Any] = [DECISIONS_MAXLEN]
         for name, value in fields.items():
             tail += [name, "" if value is None else str(value)]
         return [*keys, self.keys.decisions(model)], tail
@@ -630,3 +665,5 @@ class Registry:
             raise AliasNotFound(f"model {model!r} has no alias {alias!r}")
         if status == _IN_USE:
             raise VersionInUse(f"{model} v{version} is aliased: move or delete the alias first")
+        if status == _CHANGED:
+            raise RolloutConflict(f"{model}: alias {alias!r} changed meanwhile: read it again, then decide")

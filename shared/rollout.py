@@ -5,8 +5,9 @@ and the decisions recorded for it. A canary is running when the split names two 
 the newest decision for the alias is a canary of one of them: that version is the canary, the
 other the base. `decide` turns an action into the split that follows, or refuses it; the API and
 the automatic rule apply what it returns with `Registry.set_split`, which records the decision in
-the same script. `apply` and `read_state` take the registry as an argument: this module imports
-no Redis.
+the same script, and only if the alias is still as the decision saw it (two deciders, a user and
+the rule, cannot both act on one state). `apply` and `read_state` take the registry as an
+argument: this module imports no Redis.
 """
 
 from __future__ import annotations
@@ -65,12 +66,13 @@ class State:
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do: the alias's split after `action` (about `version`)."""
+    """What to do: the alias's split after `action` (about `version`), decided on the split `before`."""
 
     action: Action
     alias: str
     version: int
     split: dict[int, float]
+    before: dict[int, float]
 
 
 def state_of(alias: str, split: dict[int, float], decisions: list[dict[str, Any]]) -> State:
@@ -105,7 +107,7 @@ def decide(state: State, action: str, *, version: int | None = None, weight: flo
     if state.canary is None:
         raise RolloutConflict(f"{state.alias!r} runs no canary: nothing to {act}")
     keep = state.canary.version if act == Action.PROMOTE else state.canary.base
-    return Decision(act, state.alias, state.canary.version, {keep: 1.0})
+    return Decision(act, state.alias, state.canary.version, {keep: 1.0}, state.split)
 
 
 def _canary(state: State, version: int | None, weight: float | None) -> Decision:
@@ -131,7 +133,7 @@ def _canary(state: State, version: int | None, weight: float | None) -> Decision
         )
     if version == base:
         raise InvalidInput(f"v{version} is what {state.alias!r} serves already: a canary is another version")
-    return Decision(Action.CANARY, state.alias, version, {base: 1.0 - weight, version: weight})
+    return Decision(Action.CANARY, state.alias, version, {base: 1.0 - weight, version: weight}, state.split)
 
 
 def read_state(registry: Registry, model: str, alias: str) -> tuple[State, list[dict[str, Any]]]:
@@ -143,11 +145,14 @@ def read_state(registry: Registry, model: str, alias: str) -> tuple[State, list[
 
 
 def apply(registry: Registry, model: str, decision: Decision, actor: Actor, reason: str = "") -> None:
-    """Move the alias as `decision` says, recording it (with `actor` and `reason`) in the same script."""
+    """Move the alias as `decision` says, recording it (with `actor` and `reason`) in the same script.
+
+    Only if the alias is still as the decision saw it: else RolloutConflict (409), nothing written.
+    """
     record = {
         "action": decision.action.value,
         "version": decision.version,
         "reason": reason,
         "actor": actor.value,
     }
-    registry.set_split(model, decision.alias, decision.split, decision=record)
+    registry.set_split(model, decision.alias, decision.split, decision=record, expect=decision.before)

@@ -180,3 +180,26 @@ def test_rollout_needs_the_token_and_a_model(app_client: FlaskClient, app_env: S
     assert app_client.post("/v1/models/none/rollout", json=body, headers=app_env.auth).status_code == 404
     assert app_client.get("/v1/models/none/rollout").status_code == 404
     assert app_client.get("/v1/models/none/rollout?alias=1").status_code == 400
+
+
+def test_a_decision_on_a_state_that_changed_meanwhile_is_refused(
+    app_client: FlaskClient, app_env: StackEnv
+) -> None:
+    base, canary = publish_two(app_client, app_env, "race")
+    registry = app_client.application.extensions["mnist"].registry
+    state, _ = rollout.read_state(registry, "race", "production")
+    decision = rollout.decide(state, "canary", version=canary, weight=0.2)
+    # Another decider moves the alias between the read and the write (the rule, another user).
+    registry.set_alias("race", "production", canary)
+    with pytest.raises(RolloutConflict, match="changed meanwhile"):
+        rollout.apply(registry, "race", decision, rollout.Actor.RULE, "too late")
+    assert registry.routes("race") == ({"production": canary}, {}) and registry.decisions("race") == []
+    rollout.apply(
+        registry,
+        "race",
+        rollout.decide(
+            rollout.read_state(registry, "race", "production")[0], "canary", version=base, weight=0.2
+        ),
+        rollout.Actor.RULE,
+    )
+    assert registry.decisions("race")[0]["actor"] == "rule"

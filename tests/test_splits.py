@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from shared import splits
-from shared.errors import InvalidInput, ModelNotFound, VersionInUse, VersionNotFound
+from shared.errors import InvalidInput, ModelNotFound, RolloutConflict, VersionInUse, VersionNotFound
 from shared.registry import DECISIONS_MAXLEN, Registry
 from tests.test_registry import blob_of, next_event
 
@@ -190,3 +190,20 @@ def test_the_decisions_stream_is_bounded(registry: Registry, redis_client: redis
         registry.set_alias("mnist", "production", 1 + i % 2, decision=decision)
     # MAXLEN ~ trims whole nodes: about the bound, never the whole history.
     assert DECISIONS_MAXLEN <= redis_client.xlen(registry.keys.decisions("mnist")) < pipe_size
+
+
+def test_a_move_expecting_a_state_is_refused_once_it_changed(registry: Registry) -> None:
+    three_versions(registry)
+    with pytest.raises(RolloutConflict):  # expected set, but it is not
+        registry.set_alias("mnist", "production", 1, expect={2: 1.0})
+    registry.set_alias("mnist", "production", 1, expect={})
+    registry.set_split("mnist", "production", {1: 0.8, 2: 0.2}, expect={1: 1.0})
+    decision = {"action": "promote", "version": 2, "actor": "api"}
+    with pytest.raises(RolloutConflict):  # read as a split of other weights
+        registry.set_split("mnist", "production", {2: 1.0}, decision=decision, expect={1: 0.5, 2: 0.5})
+    with pytest.raises(RolloutConflict):  # read before the split
+        registry.set_split("mnist", "production", {1: 0.5, 3: 0.5}, decision=decision, expect={1: 1.0})
+    assert registry.splits("mnist") == {"production": {1: 0.8, 2: 0.2}} and registry.decisions("mnist") == []
+    registry.set_split("mnist", "production", {2: 1.0}, decision=decision, expect={1: 0.8, 2: 0.2})
+    assert registry.routes("mnist") == ({"production": 2}, {})
+    assert [d["action"] for d in registry.decisions("mnist")] == ["promote"]
