@@ -20,6 +20,13 @@ blp = Blueprint(
 )
 
 
+@blp.url_value_preprocessor
+def _check_model(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """Refuse an invalid model name (400) before the body is validated: the name is the first error."""
+    if values and "model" in values:
+        check_name(values["model"])
+
+
 def _view(model: str, alias: str, limit: int) -> dict[str, Any]:
     state, decisions = rollout.read_state(services().registry, model, alias)
     return {
@@ -39,7 +46,6 @@ def _view(model: str, alias: str, limit: int) -> dict[str, Any]:
 @blp.alt_response(404, response="NOT_FOUND")
 def get_rollout(query: dict[str, Any], model: str) -> dict[str, Any]:
     """Return an alias's split, its running canary (or null) and the model's recent decisions."""
-    check_name(model)
     alias = check_name(query["alias"], "alias")
     return _view(model, alias, query["limit"])
 
@@ -54,7 +60,6 @@ def get_rollout(query: dict[str, Any], model: str) -> dict[str, Any]:
 @blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
 def post_rollout(body: dict[str, Any], model: str) -> dict[str, Any]:
     """Start a canary ({action: canary, version, weight}), promote it or roll it back; log the reason."""
-    check_name(model)
     alias = check_name(body["alias"], "alias")
     registry = services().registry
     state, _ = rollout.read_state(registry, model, alias)
