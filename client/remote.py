@@ -237,6 +237,8 @@ def models(args: argparse.Namespace) -> int:
             print(f"{m['name']:<20} latest v{m['latest']}  {m['versions']} version(s)  aliases: {aliases}")
         return 0
     print(f"{data['name']}: latest v{data['latest']}")
+    for alias, split in sorted((data.get("splits") or {}).items()):
+        print(f"  {alias}: {_split_text(split)}")
     for v in data["versions"]:
         metrics = v.get("metrics") or {}
         dataset = (v.get("dataset") or {}).get("name") or "-"

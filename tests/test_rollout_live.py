@@ -96,6 +96,8 @@ def test_push_canary_promote_and_roll_back_live(live: Live, tmp_path: Path) -> N
     assert [(d["action"], d["reason"]) for d in status["decisions"]] == [("canary", "r1")]
     text = mnist("canary", "status", "--model", "live", "--url", live.url, cwd=tmp_path)
     assert text.returncode == 0 and f"canary v{canary} at 50 %" in text.stdout
+    listing = mnist("models", "live", "--url", live.url, cwd=tmp_path)
+    assert f"production: v{base} 50 %, v{canary} 50 %" in listing.stdout
 
     remote(live, "canary", "promote", "--model", "live", "--reason", "better", cwd=tmp_path)
     wait_for(lambda: set(served(live, "live", labels).values()) == {canary}, timeout=15, what="the promotion")
