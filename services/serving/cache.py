@@ -346,8 +346,8 @@ class ModelCache:
 
     def _cached(self, model: str, version: int, sha256: str) -> LoadedModel | None:
         """Return the version if this process holds it with that sha256 (default, split or pinned)."""
-        held = [self._defaults.get(model), *(self._routes[model].targets if model in self._routes else [])]
-        for candidate in held:
+        router = self._routes.get(model)
+        for candidate in [self._defaults.get(model), *(router.targets if router is not None else [])]:
             if candidate is not None and candidate.version == version and candidate.sha256 == sha256:
                 return candidate
         with self._lock:
