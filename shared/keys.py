@@ -89,3 +89,17 @@ class Keys:
     def dataset_blob(self, name: str) -> str:
         """String: an uploaded dataset as compressed .npz bytes."""
         return f"{self.prefix}dataset:{name}:blob"
+
+    # --- what the service saw -----------------------------------------------------------------
+    def prediction_log(self, model: str) -> str:
+        """Stream of the model's logged predictions (MAXLEN ~ MNIST_LOG_MAXLEN), one entry per image.
+
+        Fields: ``id`` (request id), ``version``, ``label`` (predicted; decimal), ``kind`` (``live``
+        or ``shadow``), ``probabilities`` (10 float32 little-endian), ``pixels`` (784 uint8,
+        row-major); the entry id (milliseconds) is the time.
+        """
+        return f"{self.prefix}model:{model}:predictions"
+
+    def feedback_labels(self, model: str) -> str:
+        """Hash request id -> true label (decimal) of the model's logged requests, trimmed by its writer."""
+        return f"{self.prefix}model:{model}:feedback"

@@ -63,6 +63,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("PUT", "/v1/models/<model>/aliases/<alias>"): WRITE,
     ("DELETE", "/v1/models/<model>/aliases/<alias>"): WRITE,
     ("POST", "/v1/datasets/<name>"): WRITE,
+    ("POST", "/v1/datasets/<name>/from-feedback"): WRITE,
     ("DELETE", "/v1/datasets/<name>"): WRITE,
 }
 
