@@ -13,9 +13,9 @@ send `predict_token`, else `token` (the service takes either once it guards read
 Retry policy: a connection that cannot be opened is retried for every request (nothing reached
 the server). A 500/502/503/504 answer or a broken read is retried only for requests that are
 safe to repeat: GET, PUT, DELETE and the prediction POSTs (a prediction changes nothing).
-`submit`, `upload_dataset` and `dataset_from_feedback` are POSTs that the server may have
-carried out before it failed:
-they are sent once past the connection, so a retry can never queue a job twice.
+`submit`, `upload_dataset`, `dataset_from_feedback`, `push` and `rollout` are POSTs that the
+server may have carried out before it failed: they are sent once past the connection, so a retry
+can never queue a job, store a dataset, or publish a version, twice.
 """
 
 from __future__ import annotations
@@ -106,9 +106,14 @@ class Client:
         self.session.headers["User-Agent"] = "mnist-client/1"
         self.session.mount("http://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
         self.session.mount("https://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
-        # The only POSTs under /v1/models/ are predictions: those may be repeated too.
+        # The POSTs under /v1/models/ this session sends are predictions: those may be repeated
+        # too. An import or a rollout decision goes through `_once`, never repeated past the connection.
         predictions = HTTPAdapter(max_retries=self._retry(IDEMPOTENT | {"POST"}))
         self.session.mount(f"{self.url}/v1/models/", predictions)
+        self._once = requests.Session()
+        self._once.headers["User-Agent"] = self.session.headers["User-Agent"]
+        self._once.mount("http://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
+        self._once.mount("https://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
 
     def _retry(self, methods: frozenset[str]) -> Retry:
         return Retry(
@@ -127,6 +132,7 @@ class Client:
     def close(self) -> None:
         """Close the session's connections."""
         self.session.close()
+        self._once.close()
 
     def __enter__(self) -> Client:
         return self
@@ -203,6 +209,35 @@ class Client:
         """Point `alias` at a version; return {"model", "alias", "version", "previous"}."""
         path = f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}"
         return self._json("PUT", path, json={"version": int(version)}, auth=WRITE)
+
+    def set_split(
+        self, name: str, alias: str, versions: dict[int, float], reason: str | None = None
+    ) -> dict[str, Any]:
+        """Split `alias` over versions with weights ({4: 0.9, 5: 0.1}); return the alias with its "split"."""
+        path = f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}"
+        body: dict[str, Any] = {"versions": {str(int(v)): w for v, w in versions.items()}}
+        if reason:
+            body["reason"] = reason
+        return self._json("PUT", path, json=body, auth=WRITE)
+
+    def push(self, name: str, data: bytes, alias: str | None = None) -> dict[str, Any]:
+        """Publish a model file (.npz bytes) as `name`'s next version (and point `alias` at it); return it."""
+        params = {"alias": alias} if alias else None
+        # Its own connection: after an early refusal (413, 415) gunicorn closes the connection.
+        headers = {"Content-Type": "application/x-npz", "Connection": "close"}
+        path = f"/v1/models/{_segment(name)}/versions"
+        return self._json("POST", path, data=data, params=params, headers=headers, auth=WRITE, once=True)
+
+    def rollout(self, name: str, action: str, **fields: Any) -> dict[str, Any]:
+        """Decide a rollout: action canary (version, weight, alias, reason), promote or rollback (reason)."""
+        body = {"action": action, **{k: v for k, v in fields.items() if v is not None}}
+        path = f"/v1/models/{_segment(name)}/rollout"
+        return self._json("POST", path, json=body, auth=WRITE, once=True)
+
+    def rollout_status(self, name: str, alias: str | None = None) -> dict[str, Any]:
+        """Return the rollout of `alias` (default production): its split, canary and recent decisions."""
+        params = {"alias": alias} if alias else None
+        return self._json("GET", f"/v1/models/{_segment(name)}/rollout", params=params, auth=READ)
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove an alias (the version it named stays)."""
@@ -298,16 +333,21 @@ class Client:
         auth: str | None = None,
         headers: dict[str, str] | None = None,
         read_timeout: float | None = None,
+        once: bool = False,
         **kw: Any,
     ) -> requests.Response:
-        """Send a request with the token of its kind `auth`; return a 2xx/3xx answer, else ClientError."""
+        """Send a request with the token of its kind `auth`; return a 2xx/3xx answer, else ClientError.
+
+        `once`: a POST with effects, not repeated once it reached the server (see the module doc).
+        """
         headers = dict(headers or {})
         token = self._token(auth)
         if token:
             headers["Authorization"] = f"Bearer {token}"
         timeout = (self.timeout, read_timeout or self.timeout)
         try:
-            response = self.session.request(method, self.url + path, headers=headers, timeout=timeout, **kw)
+            session = self._once if once else self.session
+            response = session.request(method, self.url + path, headers=headers, timeout=timeout, **kw)
         except requests.exceptions.RetryError as exc:
             raise ClientError("Unreachable", None, f"{method} {self.url}{path}: {_reason(exc)}") from None
         except requests.ConnectionError as exc:

@@ -110,3 +110,9 @@ class ServiceUnavailable(MnistError):
     """Redis is unreachable and nothing held in memory can answer."""
 
     status = 503
+
+
+class RolloutConflict(MnistError):
+    """A rollout decision the alias's state does not allow (no canary to promote, one already running)."""
+
+    status = 409

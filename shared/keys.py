@@ -36,6 +36,14 @@ class Keys:
         """Hash alias -> version number."""
         return f"{self.prefix}model:{model}:aliases"
 
+    def splits(self, model: str) -> str:
+        """Hash alias -> JSON {"4": 0.9, "5": 0.1} (weights sum to 1) of aliases naming several versions."""
+        return f"{self.prefix}model:{model}:splits"
+
+    def decisions(self, model: str) -> str:
+        """Stream of rollout decisions (canary, promote, rollback, split), trimmed to about 1,000."""
+        return f"{self.prefix}model:{model}:decisions"
+
     def blob(self, model: str, version: int) -> str:
         """String: the version's .npz bytes."""
         return f"{self.prefix}model:{model}:v{version}:blob"

@@ -37,6 +37,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/models/<model>/versions/<int:version>"): READ,
     ("GET", "/v1/models/<model>/versions/<int:version>/weights"): READ,
     ("GET", "/v1/models/<model>/aliases/<alias>"): READ,
+    ("GET", "/v1/models/<model>/rollout"): READ,
     ("GET", "/v1/jobs"): READ,
     ("GET", "/v1/jobs/<job_id>"): READ,
     ("GET", "/v1/jobs/<job_id>/events"): READ,
@@ -56,6 +57,8 @@ ROUTES: dict[tuple[str, str], str] = {
     # Writes.
     ("POST", "/v1/jobs"): WRITE,
     ("DELETE", "/v1/jobs/<job_id>"): WRITE,
+    ("POST", "/v1/models/<model>/versions"): WRITE,
+    ("POST", "/v1/models/<model>/rollout"): WRITE,
     ("DELETE", "/v1/models/<model>/versions/<int:version>"): WRITE,
     ("PUT", "/v1/models/<model>/aliases/<alias>"): WRITE,
     ("DELETE", "/v1/models/<model>/aliases/<alias>"): WRITE,

@@ -24,6 +24,7 @@ from services.web.blueprint import Blueprint
 from services.web.bodies import request_body
 from services.web.context import services
 from services.web.errors import error_docs
+from services.web.routing import routing_key
 from shared import mlp
 from shared.errors import InvalidInput, UnsupportedMediaType
 
@@ -179,7 +180,7 @@ def _predict(model: str, version: int | None = None, alias: str | None = None) -
     npy_answer = wants_npy()
     if npy_answer and top_k is not None:
         raise InvalidInput("top_k applies to JSON answers: an .npy answer holds every probability")
-    answer = svc.predictions.predict(model, pixels, version=version, alias=alias)
+    answer = svc.predictions.predict(model, pixels, version=version, alias=alias, routing_key=routing_key())
     if npy_answer:
         return render_npy(answer)
     return Response(render(answer, top_k), content_type="application/json")

@@ -31,6 +31,7 @@ from services.web.bodies import request_body
 from services.web.context import services
 from services.web.errors import error_docs
 from services.web.health import readiness
+from services.web.routing import routing_key
 from shared import __version__ as VERSION
 from shared import mlp
 from shared.errors import InvalidInput, ServiceUnavailable
@@ -280,7 +281,7 @@ def _infer(model: str, version: int | None) -> Response:
     if used != len(binary):
         raise InvalidInput(f"the body carries {len(binary)} bytes of binary data; the inputs declare {used}")
     outputs = _requested_outputs(body.get("outputs"), params)
-    answer = svc.predictions.predict(model, pixels, version=version)
+    answer = svc.predictions.predict(model, pixels, version=version, routing_key=routing_key())
     return _respond(answer, request_id, outputs)
 
 

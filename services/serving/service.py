@@ -4,7 +4,9 @@ v1, V2 and evaluation are protocol handlers over `PredictionService`: they decod
 into pixel rows and render its answers, and whatever must hold for every prediction (a limit, a
 metric, a routing rule) is written here once. A request names a model and a version, an alias, or
 neither: then the model's default answers (its `production` alias when set, else its latest
-version), from memory, without a Redis round trip (see `cache.ModelCache`).
+version), from memory, without a Redis round trip (see `cache.ModelCache`). When that alias is a
+traffic split, each request is routed to one of its versions by its routing key (the same key,
+the same version) or at random, and the answer names the version that computed it.
 """
 
 from __future__ import annotations
@@ -56,10 +58,22 @@ class PredictionService:
         return self.cache.get(name, version=version, alias=alias)
 
     def predict(
-        self, name: str, pixels: np.ndarray, *, version: int | None = None, alias: str | None = None
+        self,
+        name: str,
+        pixels: np.ndarray,
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+        routing_key: str | None = None,
     ) -> Prediction:
-        """Classify pixel rows (n, 784), uint8 0–255 or float32 0–1, with the version that answers."""
-        loaded = self.cache.get(name, version=version, alias=alias)
+        """Classify pixel rows (n, 784), uint8 0–255 or float32 0–1, with the version that answers.
+
+        Without `version`, a split (the default's or `alias`'s) picks the version by `routing_key`.
+        """
+        if version is not None:
+            loaded = self.cache.get(name, version=version, alias=alias)
+        else:
+            loaded = self.cache.route(name, alias, routing_key)
         probabilities = loaded.predict_proba(pixels, self.settings.forward_threads)
         child(IMAGES, loaded.model).inc(len(probabilities))
         return Prediction(loaded.model, loaded.version, probabilities)
