@@ -40,6 +40,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/jobs"): READ,
     ("GET", "/v1/jobs/<job_id>"): READ,
     ("GET", "/v1/jobs/<job_id>/events"): READ,
+    ("GET", "/v1/models/<model>/predictions"): READ,
+    ("GET", "/v1/models/<model>/monitor"): READ,
     ("GET", "/v1/datasets"): READ,
     ("GET", "/v1/datasets/<name>"): READ,
     ("GET", "/v2/models/<model>"): READ,
@@ -52,6 +54,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/models/<model>/labels/<alias>:predict"): PREDICT,
     ("POST", "/v2/models/<model>/infer"): PREDICT,
     ("POST", "/v2/models/<model>/versions/<int:version>/infer"): PREDICT,
+    ("POST", "/v1/models/<model>/feedback"): PREDICT,
     ("POST", "/v1/models/<model>/versions/<int:version>:evaluate"): EVALUATE,
     # Writes.
     ("POST", "/v1/jobs"): WRITE,
@@ -59,6 +62,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/models/<model>/versions/<int:version>"): WRITE,
     ("PUT", "/v1/models/<model>/aliases/<alias>"): WRITE,
     ("DELETE", "/v1/models/<model>/aliases/<alias>"): WRITE,
+    ("PUT", "/v1/models/<model>/shadow"): WRITE,
+    ("DELETE", "/v1/models/<model>/shadow"): WRITE,
     ("POST", "/v1/datasets/<name>"): WRITE,
     ("DELETE", "/v1/datasets/<name>"): WRITE,
 }
