@@ -28,9 +28,6 @@ blp = Blueprint(
 
 # --- schemas (the routes' arguments; the answers are documented with them) ----------------------
 class PredictionsQuerySchema(Schema):
-    class Meta:
-        unknown = RAISE
-
     version = fields.Integer(validate=validate.Range(min=1), metadata={"description": "only this version's"})
     since = fields.Integer(
         validate=validate.Range(min=0), metadata={"description": "from this Unix time, in ms (included)"}
