@@ -144,7 +144,7 @@ class Recorder:
                 self._write(model, group)
             except REDIS_ERRORS as exc:
                 child(DROPPED, "redis").inc(sum(len(p) for _, p in group))
-                self._warn("redis", "recorder: Redis does not answer (%s): records dropped", exc)
+                self._warn("redis", "recorder: Redis did not take the records (%s): dropped", exc)
         return taken
 
     # --- writing ----------------------------------------------------------------------------------
