@@ -12,10 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from shared import drift
+from shared.errors import MnistError
 from shared.registry import Registry, VersionRecord
 
 #: Classes of the confusion matrix.
 CLASSES = 10
+#: Versions (of all models together) whose gauges /metrics shows, at most: its series stay bounded.
+MAX_GAUGE_VERSIONS = 500
 
 
 def live_profile(stats: dict[str, int]) -> drift.Profile:
@@ -80,3 +83,23 @@ def monitor(registry: Registry, model: str, threshold: float) -> dict[str, Any]:
         "model": model,
         "versions": {str(r.version): version_report(r, stats[r.version], threshold) for r in records},
     }
+
+
+def every_version(
+    registry: Registry, threshold: float, limit: int = MAX_GAUGE_VERSIONS
+) -> list[tuple[str, str, dict]]:
+    """Return (model, version, report) of every model's versions, at most `limit` of them.
+
+    A model deleted meanwhile, or whose records cannot be read, is left out.
+    """
+    rows: list[tuple[str, str, dict]] = []
+    for model in registry.models():
+        try:
+            versions = monitor(registry, model, threshold)["versions"]
+        except MnistError:
+            continue
+        for version, report in versions.items():
+            if len(rows) >= limit:
+                return rows
+            rows.append((model, version, report))
+    return rows

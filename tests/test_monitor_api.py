@@ -18,6 +18,7 @@ import pytest
 import redis
 import requests
 
+from services.web.metrics import MONITOR_CACHE_SECONDS, MonitorCollector
 from shared import drift, mlp, serialization
 from shared.keys import Keys
 from shared.registry import Registry
@@ -193,6 +194,29 @@ def test_log_feedback_and_monitor_end_to_end(live: Live) -> None:
     assert set(stats["drift"]["features"]) == set(drift.FEATURES) and stats["drift"]["threshold"] == 0.25
     metrics = requests.get(live.url("/metrics"), timeout=30).text
     assert f'mnist_feedback_unknown_total{{model="{model}"}} 1.0' in metrics
+    assert f'mnist_predictions_logged_total{{kind="live",model="{model}"}}' in metrics
+    labels = f'{{model="{model}",version="{version}"}}'
+    gauges = scrape_until(live, f"mnist_online_accuracy{labels}")
+    assert sample(gauges, f"mnist_online_accuracy{labels}") == pytest.approx(5 / 7)
+    assert sample(gauges, f"mnist_drift_score{labels}") == pytest.approx(stats["drift"]["score"])
+
+
+def scrape_until(live: Live, series: str) -> str:
+    """Scrape /metrics until it shows `series` (the monitor's gauges are kept a few seconds)."""
+
+    def scrape() -> str | None:
+        text = requests.get(live.url("/metrics"), timeout=30).text
+        return text if f"\n{series} " in text else None
+
+    return wait_for(scrape, 15, series, interval=0.5)
+
+
+def sample(text: str, series: str) -> float:
+    """Return the value of one series in a Prometheus text exposition."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} not in /metrics")
 
 
 def test_feedback_refusals(live: Live) -> None:
@@ -256,6 +280,9 @@ def test_a_shadow_is_run_on_live_traffic_and_its_agreement_counted(live: Live) -
 
     stats = wait_for(shadowed, 20, "the shadow's answers", interval=0.05)
     assert stats["agreement"] == 1.0
+    series = f'mnist_shadow_agreement{{model="{model}",version="{agreeing}"}}'
+    gauges = scrape_until(live, series)
+    assert sample(gauges, series) == 1.0
     shadow_entries = live.logged(model, 1, version=agreeing)
     assert {e["kind"] for e in shadow_entries} == {"shadow"}
     assert live.monitor(model)["versions"][str(agreeing)]["requests"] == 0  # it served nothing
@@ -273,3 +300,26 @@ def test_a_shadow_is_run_on_live_traffic_and_its_agreement_counted(live: Live) -
         return live.monitor(model)["versions"][str(agreeing)]["shadow"]["compared"] == before
 
     wait_for(stopped, 20, "the shadow to stop")
+
+
+def test_the_monitor_gauges_are_read_once_per_interval_and_survive_a_failing_read() -> None:
+    calls: list[int] = []
+    report = {"online_accuracy": 0.5, "drift": None, "shadow": {"compared": 4, "agreement": 0.75}}
+
+    def read() -> list[tuple[str, str, dict[str, Any]]]:
+        calls.append(1)
+        if len(calls) > 1:
+            raise redis.ConnectionError("gone")
+        return [("m", "3", report)]
+
+    collector = MonitorCollector(read)
+    first = {f.name: f.samples for f in collector.collect()}
+    again = {f.name: f.samples for f in collector.collect()}
+    assert len(calls) == 1 and first == again  # kept between scrapes
+    assert [s.value for s in first["mnist_online_accuracy"]] == [0.5]
+    assert first["mnist_drift_score"] == []  # no reference: no sample
+    assert [(s.labels, s.value) for s in first["mnist_shadow_agreement"]] == [
+        ({"model": "m", "version": "3"}, 0.75)
+    ]
+    collector._read_at -= MONITOR_CACHE_SECONDS  # later: read again, and Redis is away
+    assert all(f.samples == [] for f in collector.collect()) and len(calls) == 2
