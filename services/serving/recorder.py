@@ -4,7 +4,8 @@
 appends them to a bounded in-process queue (`MNIST_RECORDER_QUEUE` images): a full queue drops
 them and counts them (`mnist_recorder_dropped_total{reason="queue_full"}`), a request never waits.
 One daemon thread per process (started after gunicorn's fork, with the model cache's threads)
-drains the queue every `FLUSH_SECONDS`, or sooner once it is half full, and for each model:
+sleeps until something is queued, gathers for `FLUSH_SECONDS` (less once the queue is half
+full), drains it, and for each model:
 
 - counts the images per version (``requests``) and their live drift profile
   (``profile:<feature>:<bin>``, shared/drift.py) in `Keys.version_stats`;
@@ -76,7 +77,8 @@ class Recorder:
         self._queue: list[tuple[Prediction, np.ndarray]] = []
         self._images = 0
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # something is queued
+        self._urgent = threading.Event()  # the queue is half full: drain now
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rng = np.random.default_rng()
@@ -87,17 +89,20 @@ class Recorder:
         """Queue an answer and its pixels (n, 784) for recording; drop and count them if the queue is full."""
         n = len(pixels)
         with self._lock:
-            if self._images + n > self.capacity:
-                full = True
-            else:
-                full = False
+            full = self._images + n > self.capacity
+            if not full:
+                first = not self._queue
                 self._queue.append((prediction, pixels))
                 self._images += n
-                wake = self._images * 2 > self.capacity
+                urgent = self._images * 2 > self.capacity
         if full:
             child(DROPPED, "queue_full").inc(n)
-        elif wake:
+            return
+        # Only the first answer of a batch wakes the thread: an idle process has no thread polling.
+        if first:
             self._wake.set()
+        if urgent:
+            self._urgent.set()
 
     def pending(self) -> int:
         """Return the images waiting to be recorded."""
@@ -117,6 +122,7 @@ class Recorder:
         """Stop the thread after a last drain, and wait for it (tests)."""
         self._stop.set()
         self._wake.set()
+        self._urgent.set()
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
@@ -124,8 +130,10 @@ class Recorder:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(FLUSH_SECONDS)
+            self._wake.wait()
             self._wake.clear()
+            self._urgent.wait(FLUSH_SECONDS)  # gather a batch
+            self._urgent.clear()
             try:
                 self.drain()
             except Exception:  # the thread's boundary: recording must go on
