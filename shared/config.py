@@ -163,6 +163,12 @@ class Settings:
         "images per web server process waiting to be recorded (log, counters, shadow) off the request"
         " path; beyond it they are dropped and counted, never waited for",
     )
+    drift_sample: float = _env_field(
+        "MNIST_DRIFT_SAMPLE",
+        0.1,
+        "fraction (0–1) of predicted images whose features feed the live drift profile (the score"
+        " compares shares, so a sample serves; profiling every image costs about 8 µs each)",
+    )
     drift_threshold: float = _env_field(
         "MNIST_DRIFT_THRESHOLD",
         0.25,

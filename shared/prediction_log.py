@@ -36,51 +36,90 @@ MAX_SCAN = 10_000
 #: A stream entry id: milliseconds, a dash, a sequence number.
 _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
-# Index live entries. KEYS: logged count, feedback labels. ARGV: index head, index tail,
-# generation size, then (id, "version label") pairs. A generation that starts drops the one two
-# before it, and the feedback labels of its ids.
-_INDEX = """
-local half = tonumber(ARGV[3])
-local n = (#ARGV - 3) / 2
-local before = redis.call('INCRBY', KEYS[1], n) - n
-for i = 0, n - 1 do
-  local position = before + i
-  local gen = math.floor(position / half)
-  if position % half == 0 and gen >= 2 then
-    local old = ARGV[1] .. string.format('%d', gen - 2) .. ARGV[2]
-    local ids = redis.call('HKEYS', old)
-    for j = 1, #ids, 1000 do
-      redis.call('HDEL', KEYS[2], unpack(ids, j, math.min(j + 999, #ids)))
-    end
-    redis.call('UNLINK', old)
-  end
-  redis.call('HSET', ARGV[1] .. string.format('%d', gen) .. ARGV[2], ARGV[4 + 2 * i], ARGV[5 + 2 * i])
+# Log a batch. KEYS: stream, logged count, feedback labels. ARGV: maxlen, index head, index tail,
+# generation size, n, then the rows' fields packed: ids ("\n"-joined), versions (" "-joined),
+# labels (one digit each), kinds ("l" live | "s" shadow, one each), probabilities (40 bytes
+# each), pixels (784 bytes each). A few large arguments, not thirteen per entry: packing each
+# command's arguments costs the client far more than these loops cost Redis. Live entries are
+# indexed; a generation that starts drops the one two before it, with the feedback of its ids.
+_LOG = """
+local n = tonumber(ARGV[5])
+local half = tonumber(ARGV[4])
+local ids, versions = {}, {}
+for id in string.gmatch(ARGV[6], '[^\\n]+') do ids[#ids + 1] = id end
+for v in string.gmatch(ARGV[7], '%d+') do versions[#versions + 1] = v end
+local labels, kinds, probabilities, pixels = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+if #ids ~= n or #versions ~= n or #labels ~= n or #kinds ~= n or #probabilities ~= 40 * n
+    or #pixels ~= 784 * n then
+  return redis.error_reply('malformed log batch')
 end
-return before + n
+local live = 0
+for i = 1, n do
+  if string.byte(kinds, i) == 108 then live = live + 1 end
+end
+local position = 0
+if live > 0 then position = redis.call('INCRBY', KEYS[2], live) - live end
+for i = 1, n do
+  local label = string.sub(labels, i, i)
+  local kind = 'shadow'
+  if string.byte(kinds, i) == 108 then kind = 'live' end
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'id', ids[i], 'version', versions[i],
+    'label', label, 'kind', kind, 'probabilities', string.sub(probabilities, 40 * i - 39, 40 * i),
+    'pixels', string.sub(pixels, 784 * i - 783, 784 * i))
+  if kind == 'live' then
+    local gen = math.floor(position / half)
+    if position % half == 0 and gen >= 2 then
+      local old = ARGV[2] .. string.format('%d', gen - 2) .. ARGV[3]
+      local gone = redis.call('HKEYS', old)
+      for j = 1, #gone, 1000 do
+        redis.call('HDEL', KEYS[3], unpack(gone, j, math.min(j + 999, #gone)))
+      end
+      redis.call('UNLINK', old)
+    end
+    redis.call('HSET', ARGV[2] .. string.format('%d', gen) .. ARGV[3], ids[i], versions[i] .. ' ' .. label)
+    position = position + 1
+  end
+end
+return n
 """
 
 
 @dataclass(frozen=True)
-class Entry:
-    """One image's answer as logged."""
+class Rows:
+    """Answers to log, one row per image (n rows)."""
 
-    request_id: str
-    version: int
-    label: int
-    kind: str
-    probabilities: np.ndarray  # (10,) float32
-    pixels: np.ndarray  # (784,) uint8
+    ids: list[str]  # request ids (image i of a batch: "<id>/<i>")
+    versions: np.ndarray  # (n,) the version that answered
+    labels: np.ndarray  # (n,) predicted classes 0–9
+    kinds: bytes  # n bytes: b"l" live, b"s" shadow
+    probabilities: np.ndarray  # (n, 10) float32
+    pixels: np.ndarray  # (n, 784) uint8
 
-    def fields(self) -> dict[str, bytes]:
-        """Return the stream entry's fields."""
-        return {
-            "id": self.request_id.encode(),
-            "version": b"%d" % self.version,
-            "label": b"%d" % self.label,
-            "kind": self.kind.encode(),
-            "probabilities": np.ascontiguousarray(self.probabilities, dtype="<f4").tobytes(),
-            "pixels": np.ascontiguousarray(self.pixels, dtype=np.uint8).tobytes(),
-        }
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def part(self, lo: int, hi: int) -> Rows:
+        """Return rows lo to hi (excluded)."""
+        return Rows(
+            self.ids[lo:hi],
+            self.versions[lo:hi],
+            self.labels[lo:hi],
+            self.kinds[lo:hi],
+            self.probabilities[lo:hi],
+            self.pixels[lo:hi],
+        )
+
+    @staticmethod
+    def join(parts: list[Rows]) -> Rows:
+        """Return the rows of `parts`, in order."""
+        return Rows(
+            [i for p in parts for i in p.ids],
+            np.concatenate([p.versions for p in parts]) if parts else np.zeros(0, np.int64),
+            np.concatenate([p.labels for p in parts]) if parts else np.zeros(0, np.int64),
+            b"".join(p.kinds for p in parts),
+            np.concatenate([p.probabilities for p in parts]) if parts else np.zeros((0, CLASSES), np.float32),
+            np.concatenate([p.pixels for p in parts]) if parts else np.zeros((0, PIXELS), np.uint8),
+        )
 
 
 def generation_size(maxlen: int) -> int:
@@ -98,24 +137,36 @@ class PredictionLog:
         self.redis = redis
         self.keys = keys
         self.maxlen = maxlen
-        self._index = redis.register_script(_INDEX)
+        self._log = redis.register_script(_LOG)
 
     # --- writing (the recorder, in its pipeline) --------------------------------------------------
-    def add(self, pipe: redis.client.Pipeline, model: str, entries: list[Entry]) -> None:
-        """Queue the XADDs of `entries` and the indexing of the live ones on `pipe`."""
-        stream = self.keys.prediction_log(model)
-        live: list[bytes | str] = []
-        for entry in entries:
-            pipe.xadd(stream, entry.fields(), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-            if entry.kind == LIVE:
-                live += [entry.request_id, b"%d %d" % (entry.version, entry.label)]
-        if live:
-            head, tail = _split_around_version(self.keys.prediction_index, model)
-            self._index(
-                keys=[self.keys.logged_count(model), self.keys.feedback_labels(model)],
-                args=[head, tail, generation_size(self.maxlen), *live],
-                client=pipe,
-            )
+    def add(self, pipe: redis.client.Pipeline, model: str, rows: Rows) -> None:
+        """Queue on `pipe` the script that logs `rows` (and indexes the live ones); nothing if empty."""
+        n = len(rows)
+        if not n:
+            return
+        head, tail = _split_around_version(self.keys.prediction_index, model)
+        self._log(
+            keys=[
+                self.keys.prediction_log(model),
+                self.keys.logged_count(model),
+                self.keys.feedback_labels(model),
+            ],
+            args=[
+                self.maxlen,
+                head,
+                tail,
+                generation_size(self.maxlen),
+                n,
+                "\n".join(rows.ids),
+                " ".join(map(str, rows.versions.tolist())),
+                (np.asarray(rows.labels, dtype=np.uint8) + ord("0")).tobytes(),
+                rows.kinds,
+                np.ascontiguousarray(rows.probabilities, dtype="<f4").tobytes(),
+                np.ascontiguousarray(rows.pixels, dtype=np.uint8).tobytes(),
+            ],
+            client=pipe,
+        )
 
     # --- reading ----------------------------------------------------------------------------------
     def read(

@@ -90,7 +90,7 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         prefix=f"test-{tag}:",
         queue=f"training-{tag}",
         token=f"tok-{tag}",
-        extra={"MNIST_PREDICT_TOKEN": f"predict-{tag}", "MNIST_LOG_SAMPLE": "1"},
+        extra={"MNIST_PREDICT_TOKEN": f"predict-{tag}", "MNIST_LOG_SAMPLE": "1", "MNIST_DRIFT_SAMPLE": "1"},
     )
     client = redis.Redis.from_url(redis_url)
     keys = Keys(env.prefix)

@@ -26,7 +26,7 @@ from shared.config import Settings
 from shared.errors import InvalidInput, VersionNotFound
 from shared.feedback import Feedback
 from shared.keys import Keys
-from shared.monitor import monitor
+from shared.monitor import live_profile, monitor, read_stats
 from shared.prediction_log import PredictionLog
 from shared.registry import Registry
 
@@ -49,7 +49,7 @@ def publish(registry: Registry, label: int, profile: bool = True) -> int:
 
 def service(registry: Registry, **settings: object) -> PredictionService:
     """Return a prediction service on `registry`, threads not started."""
-    base = dataclasses.replace(Settings(), **{"log_sample": 1.0, **settings})  # type: ignore[arg-type]
+    base = dataclasses.replace(Settings(), **{"log_sample": 1.0, "drift_sample": 1.0, **settings})  # type: ignore[arg-type]
     return PredictionService(registry, base)
 
 
@@ -287,3 +287,14 @@ def test_setting_a_shadow_checks_the_version(registry: Registry) -> None:
         shadows.set_shadow(registry, "m", 99, 0.5)
     with pytest.raises(InvalidInput):
         shadows.set_shadow(registry, "m", 1, 1.5)
+
+
+def test_the_drift_profile_counts_a_sample_and_requests_count_all(registry: Registry) -> None:
+    v1 = publish(registry, 3)
+    svc = service(registry, drift_sample=0.5, log_sample=0.0)
+    for _ in range(10):
+        svc.predict("m", IMAGES)
+    svc.recorder.drain()
+    stats = read_stats(registry, "m", [v1])[v1]
+    assert stats["requests"] == 400
+    assert 120 < drift.count(live_profile(stats)) < 280  # about half, whatever the draw
