@@ -21,6 +21,7 @@ from services.web.context import services
 from services.web.errors import error_docs
 from shared.errors import InvalidInput, ModelNotFound
 from shared.feedback import MAX_LABELS, Feedback
+from shared.registry import check_name
 
 blp = Blueprint("feedback", __name__, description="Feedback: the true labels of logged predictions")
 
@@ -86,6 +87,7 @@ def feedback(model: str) -> Response:
     """Give the true labels of logged requests: per-version online accuracy and confusion."""
     ctx = services()
     check_predict_token(ctx.settings)
+    check_name(model)
     pairs = read_labels(json_object())
     if ctx.registry.latest(model) is None:
         raise ModelNotFound(f"model {model!r} has no published version")
