@@ -18,6 +18,7 @@ import pytest
 import redis
 import requests
 
+from client.api import Client
 from services.web.metrics import MONITOR_CACHE_SECONDS, MonitorCollector
 from shared import drift, mlp, serialization
 from shared.keys import Keys
@@ -323,3 +324,30 @@ def test_the_monitor_gauges_are_read_once_per_interval_and_survive_a_failing_rea
     ]
     collector._read_at -= MONITOR_CACHE_SECONDS  # later: read again, and Redis is away
     assert all(f.samples == [] for f in collector.collect()) and len(calls) == 2
+
+
+def test_the_python_client_closes_the_loop(live: Live) -> None:
+    model = model_name()
+    served, shadow = live.publish(model, 8), live.publish(model, 8)
+    live.registry.set_alias(model, "production", served)
+    tag = live.predict_auth["Authorization"].removeprefix("Bearer predict-")
+    client = Client(live.server.url, token=f"tok-{tag}", predict_token=f"predict-{tag}")
+    with client:
+        result = client.predict(IMAGES[:7], model=model, batch_size=3)  # requests of 3, 3 and 1 images
+        assert len(result.request_ids) == 7 and len(set(result.request_ids)) == 7
+        assert result.request_ids[0].endswith("/0") and "/" not in result.request_ids[6]
+        live.logged(model, 7)
+        truth = [8, 8, 8, 8, 8, 1, 2]
+        assert client.feedback(model, list(zip(result.request_ids, truth, strict=True))) == {
+            "accepted": 7,
+            "unknown": 0,
+            "repeated": 0,
+        }
+        report = client.monitor(model)["versions"][str(served)]
+        assert report["online_accuracy"] == pytest.approx(5 / 7) and report["requests"] == 7
+        page = client.predictions(model, limit=2, pixels=True)
+        assert len(page["predictions"]) == 2 and len(page["predictions"][0]["pixels"]) == 784
+        assert client.predictions(model, before=page["next"], limit=1000)["next"] is None
+        assert client.set_shadow(model, shadow, 0.5) == {"model": model, "version": shadow, "sample": 0.5}
+        client.delete_shadow(model)
+        assert client.monitor(model)["shadow"] is None
