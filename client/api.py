@@ -13,7 +13,8 @@ send `predict_token`, else `token` (the service takes either once it guards read
 Retry policy: a connection that cannot be opened is retried for every request (nothing reached
 the server). A 500/502/503/504 answer or a broken read is retried only for requests that are
 safe to repeat: GET, PUT, DELETE and the prediction POSTs (a prediction changes nothing).
-`submit` and `upload_dataset` are POSTs that the server may have carried out before it failed:
+`submit`, `upload_dataset` and `dataset_from_feedback` are POSTs that the server may have
+carried out before it failed:
 they are sent once past the connection, so a retry can never queue a job twice.
 """
 
@@ -272,6 +273,17 @@ class Client:
         return self._json(
             "POST", f"/v1/datasets/{_segment(name)}", data=data, params=params, headers=headers, auth=WRITE
         )
+
+    def dataset_from_feedback(
+        self, name: str, model: str = "mnist", version: int | None = None, merge: str | None = None
+    ) -> dict[str, Any]:
+        """Store dataset `name` from the model's logged live predictions that have feedback labels.
+
+        Only `version`'s predictions when given; `merge` names a dataset whose images join them.
+        Return the new dataset's entry (its `digest`, sizes and `origin`).
+        """
+        body = {"model": model, "version": version, "merge": merge}
+        return self._json("POST", f"/v1/datasets/{_segment(name)}/from-feedback", json=body, auth=WRITE)
 
     def delete_dataset(self, name: str) -> None:
         """Delete an uploaded dataset."""

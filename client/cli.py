@@ -151,9 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, help="override the default recipe's epochs (a quicker demo)")
     demo.set_defaults(run=_lazy("client.demo", "demo"))
 
-    datasets = sub.add_parser("datasets", help="list the built-in datasets")
+    datasets = sub.add_parser(
+        "datasets", help="list the built-in datasets; `datasets from-feedback NAME` builds one on the service"
+    )
     datasets.add_argument("--json", action="store_true")
     datasets.set_defaults(run=_lazy("client.local", "datasets_command"))
+    datasets_actions = datasets.add_subparsers(dest="datasets_action", metavar="ACTION")
+    feedback = datasets_actions.add_parser(
+        "from-feedback",
+        help="store dataset NAME on the service: logged predictions with their feedback labels",
+    )
+    feedback.add_argument("name", metavar="NAME", help="the new dataset's name")
+    feedback.add_argument("--model", default="mnist", help="whose prediction log (default: mnist)")
+    feedback.add_argument("--version", type=int, help="only this version's predictions (default: all)")
+    feedback.add_argument("--merge", metavar="DATASET", help="a built-in or uploaded dataset to add")
+    add_remote_flags(feedback)
+    feedback.set_defaults(run=_remote("datasets_from_feedback"))
 
     add_remote_commands(sub)
     return parser

@@ -1,4 +1,5 @@
-"""The commands that talk to the service: train --url, models, jobs, alias; what they share with predict.
+"""The commands that talk to the service: train --url, models, jobs, alias, datasets from-feedback;
+what they share with predict.
 
 Each returns an exit status; a `ClientError` (an error answer, an unreachable server) becomes one
 line on stderr and status 1, like every other error of the `mnist` command. `mnist predict` is in
@@ -299,4 +300,21 @@ def alias(args: argparse.Namespace) -> int:
         print(f"{answer['model']} {answer['alias']} → v{answer['version']}{was}")
     else:
         print(f"{args.model} {args.alias} deleted")
+    return 0
+
+
+@command
+def datasets_from_feedback(args: argparse.Namespace) -> int:
+    """Store a dataset on the service from a model's logged predictions that have feedback labels."""
+    with client_of(args) as client:
+        info = client.dataset_from_feedback(args.name, args.model, args.version, args.merge)
+    if _json(args):
+        print(json.dumps(info))
+        return 0
+    origin = info.get("origin") or {}
+    merged = f" + {origin['merged']}" if origin.get("merged") else ""
+    print(
+        f"{info['name']}: {origin.get('feedback_images', 0):,} images with feedback labels{merged},"
+        f" {info['train_size']:,} to train on, {info['test_size']:,} to test; {info['digest']}"
+    )
     return 0

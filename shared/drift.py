@@ -2,7 +2,8 @@
 
 A *profile* counts images per bin of five features (`FEATURES`), each histogrammed into the
 fixed bins of `BINS`; it is JSON as it is (`dict[str, list[int]]`), small (50 ints whatever the
-number of images), and profiles add up (`merge`), so a live profile can be kept as counters.
+number of images), and profiles add up (`merge`), so a live profile can be kept as counters in a
+Redis hash (`counters`, `from_counters`).
 
 - ``mean``: mean intensity of the image, 0–1 (pixels / 255).
 - ``ink``: share of the image's pixels brighter than half scale (> 127.5, i.e. ≥ 128), 0–1.
@@ -46,6 +47,8 @@ BLANK_CENTRE = (SIDE - 1) / 2
 EPSILON = 1e-4
 #: PSI above which a version's live traffic counts as drifted (0.25: a significant shift).
 THRESHOLD = 0.25
+#: Prefix of a profile's counters in a Redis hash (`counters`): ``profile:<feature>:<bin>``.
+COUNTER_PREFIX = "profile:"
 #: Images histogrammed at once by `profile` (bounds its temporary memory to about 10 MB).
 CHUNK = 4096
 
@@ -126,6 +129,24 @@ def check(raw: object) -> Profile:
             raise ValueError(f"profile feature {f!r} must be {bin_count(f)} counts ≥ 0")
         out[f] = list(counts)
     return out
+
+
+def counters(p: Mapping[str, list[int]], prefix: str = COUNTER_PREFIX) -> dict[str, int]:
+    """Return the non-zero bins of `p` as counters named ``<prefix><feature>:<bin>`` (for HINCRBY)."""
+    return {f"{prefix}{f}:{i}": int(c) for f in p for i, c in enumerate(p[f]) if c}
+
+
+def from_counters(fields: Mapping[str | bytes, str | bytes | int], prefix: str = COUNTER_PREFIX) -> Profile:
+    """Return the profile that counters (a hash as HGETALL gives it) hold; other fields are ignored."""
+    p = empty()
+    for raw_name, raw_value in fields.items():
+        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+        if not name.startswith(prefix):
+            continue
+        feature, _, index = name[len(prefix) :].rpartition(":")
+        if feature in p and index.isdigit() and int(index) < len(p[feature]):
+            p[feature][int(index)] += int(raw_value)
+    return p
 
 
 def count(p: Mapping[str, list[int]]) -> int:

@@ -82,11 +82,13 @@ class Keys:
         """String: an uploaded dataset as compressed .npz bytes."""
         return f"{self.prefix}dataset:{name}:blob"
 
-    # --- watching predictions (the prediction log, feedback, shadows) ----------------------------
+    # --- what the service saw (the prediction log, feedback, shadows) ----------------------------
     def prediction_log(self, model: str) -> str:
-        """Stream of logged predictions (MAXLEN ~ MNIST_LOG_MAXLEN), one entry per image.
+        """Stream of the model's logged predictions (MAXLEN ~ MNIST_LOG_MAXLEN), one entry per image.
 
-        Fields: id, version, label, kind (live | shadow), probabilities, pixels.
+        Fields: ``id`` (request id; image i of a batch: ``<id>/<i>``), ``version``, ``label``
+        (predicted; decimal), ``kind`` (``live`` or ``shadow``), ``probabilities`` (10 float32
+        little-endian), ``pixels`` (784 uint8, row-major); the entry id (milliseconds) is the time.
         """
         return f"{self.prefix}model:{model}:predictions"
 

@@ -21,25 +21,13 @@ CLASSES = 10
 MAX_GAUGE_VERSIONS = 500
 
 
-def live_profile(stats: dict[str, int]) -> drift.Profile:
-    """Return the live profile held in a version's counters (zeros where nothing was counted)."""
-    profile = drift.empty()
-    for name, value in stats.items():
-        if name.startswith("profile:"):
-            _, feature, index = name.split(":", 2)
-            counts = profile.get(feature)
-            if counts is not None and index.isdigit() and int(index) < len(counts):
-                counts[int(index)] = value
-    return profile
-
-
 def drift_report(metadata: dict[str, Any], stats: dict[str, int], threshold: float) -> dict[str, Any] | None:
     """Return {score, features, threshold, drifted} of live against training, or None without both."""
     try:
         reference = drift.check(metadata.get("profile"))
     except ValueError:  # no reference (an imported model) or one of other bins
         return None
-    live = live_profile(stats)
+    live = drift.from_counters(stats)
     if drift.count(live) == 0 or drift.count(reference) == 0:
         return None
     features = drift.psi(reference, live)

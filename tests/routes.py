@@ -65,6 +65,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("PUT", "/v1/models/<model>/shadow"): WRITE,
     ("DELETE", "/v1/models/<model>/shadow"): WRITE,
     ("POST", "/v1/datasets/<name>"): WRITE,
+    ("POST", "/v1/datasets/<name>/from-feedback"): WRITE,
     ("DELETE", "/v1/datasets/<name>"): WRITE,
 }
 

@@ -174,3 +174,17 @@ def test_profile_refuses_what_is_not_images_and_labels(
 def test_check_refuses_what_is_not_a_profile(raw: object) -> None:
     with pytest.raises(ValueError, match="profile"):
         drift.check(raw)
+
+
+def test_a_profile_kept_as_counters_reads_back(sample: datasets.Dataset) -> None:
+    p = drift.profile(sample.x_train[:500], sample.y_train[:500])
+    fields = drift.counters(p)
+    assert fields["profile:label:0"] == p["label"][0] and all(v > 0 for v in fields.values())
+    assert "profile:row:0" not in fields  # empty bins are not written
+    # As HGETALL gives them back (bytes), beside other counters of the same hash.
+    stored = {k.encode(): str(v).encode() for k, v in fields.items()} | {
+        b"requests": b"7",
+        b"profile:x:1": b"2",
+    }
+    assert drift.from_counters(stored) == p
+    assert drift.from_counters({}) == drift.empty()

@@ -26,7 +26,7 @@ from shared.config import Settings
 from shared.errors import InvalidInput, VersionNotFound
 from shared.feedback import Feedback
 from shared.keys import Keys
-from shared.monitor import live_profile, monitor, read_stats
+from shared.monitor import monitor, read_stats
 from shared.prediction_log import PredictionLog
 from shared.registry import Registry
 
@@ -297,4 +297,4 @@ def test_the_drift_profile_counts_a_sample_and_requests_count_all(registry: Regi
     svc.recorder.drain()
     stats = read_stats(registry, "m", [v1])[v1]
     assert stats["requests"] == 400
-    assert 120 < drift.count(live_profile(stats)) < 280  # about half, whatever the draw
+    assert 120 < drift.count(drift.from_counters(stats)) < 280  # about half, whatever the draw

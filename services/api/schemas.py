@@ -147,6 +147,16 @@ class AliasSchema(Schema):
 # --- datasets ---------------------------------------------------------------------------------
 
 
+class DatasetOriginSchema(Schema):
+    kind = fields.String(metadata={"description": "feedback: built from logged predictions' feedback labels"})
+    model = fields.String()
+    version = fields.Integer(allow_none=True, metadata={"description": "null: every version's"})
+    merged = fields.String(allow_none=True, metadata={"description": "the dataset merged in, if any"})
+    feedback_images = fields.Integer(metadata={"description": "images taken from the log"})
+    scanned = fields.Integer(metadata={"description": "log entries read"})
+    skipped = fields.Integer(metadata={"description": "labelled entries that could not be read"})
+
+
 class DatasetSchema(Schema):
     name = fields.String()
     kind = fields.String(metadata={"description": "builtin or uploaded"})
@@ -160,7 +170,34 @@ class DatasetSchema(Schema):
     source = fields.String()
     stored_bytes = fields.Integer(metadata={"description": "compressed size in Redis (uploads)"})
     uploaded_at = fields.String()
+    origin = fields.Nested(
+        DatasetOriginSchema, metadata={"description": "how it was built, when not uploaded"}
+    )
     how_to_get = fields.String(metadata={"description": "when a built-in is not available"})
+
+
+class FromFeedbackSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    model = fields.String(
+        required=True, validate=name_field, metadata={"description": "the model whose log is read"}
+    )
+    version = fields.Integer(
+        load_default=None,
+        allow_none=True,
+        strict=True,
+        validate=validate.Range(min=1),
+        metadata={"description": "only this version's predictions (null: every version's)"},
+    )
+    merge = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=name_field,
+        metadata={
+            "description": "a built-in or uploaded dataset whose images join (and whose test split is kept)"
+        },
+    )
 
 
 class UploadQuerySchema(Schema):

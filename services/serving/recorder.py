@@ -197,10 +197,8 @@ class Recorder:
             stats = self.keys.version_stats(model, version)
             pixels = np.concatenate([p for p, _ in parts])
             labels = np.concatenate([lab for _, lab in parts])
-            for feature, counts in drift.profile(pixels, labels).items():
-                for index, count in enumerate(counts):
-                    if count:
-                        pipe.hincrby(stats, f"profile:{feature}:{index}", count)
+            for name, count in drift.counters(drift.profile(pixels, labels)).items():
+                pipe.hincrby(stats, name, count)
         if shadowed and shadow is not None:
             logged += self._shadow(model, shadow.version, Rows.join(shadowed), pipe)
         entries = Rows.join(logged)
