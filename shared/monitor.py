@@ -9,7 +9,7 @@ or before any live image, drift is None.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from shared import drift
 from shared.errors import MnistError
@@ -27,7 +27,7 @@ def drift_report(metadata: dict[str, Any], stats: dict[str, int], threshold: flo
         reference = drift.check(metadata.get("profile"))
     except ValueError:  # no reference (an imported model) or one of other bins
         return None
-    live = drift.from_counters(stats)
+    live = drift.from_counters(cast(dict[str | bytes, str | bytes | int], stats))
     if drift.count(live) == 0 or drift.count(reference) == 0:
         return None
     features = drift.psi(reference, live)

@@ -348,6 +348,9 @@ def test_the_python_client_closes_the_loop(live: Live) -> None:
         page = client.predictions(model, limit=2, pixels=True)
         assert len(page["predictions"]) == 2 and len(page["predictions"][0]["pixels"]) == 784
         assert client.predictions(model, before=page["next"], limit=1000)["next"] is None
+        # The loop closes: the labelled live predictions become a dataset (shared/feedback_dataset.py).
+        dataset = client.dataset_from_feedback(f"seen-{model}", model=model)
+        assert dataset["train_size"] + dataset.get("test_size", 0) == 7, dataset
         assert client.set_shadow(model, shadow, 0.5) == {"model": model, "version": shadow, "sample": 0.5}
         client.delete_shadow(model)
         assert client.monitor(model)["shadow"] is None
