@@ -354,3 +354,24 @@ def test_the_python_client_closes_the_loop(live: Live) -> None:
         assert client.set_shadow(model, shadow, 0.5) == {"model": model, "version": shadow, "sample": 0.5}
         client.delete_shadow(model)
         assert client.monitor(model)["shadow"] is None
+
+
+def test_a_graceful_stop_writes_what_the_recorder_still_holds(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    env = StackEnv(redis_url, f"test-{tag}:", f"training-{tag}", f"tok-{tag}", {"MNIST_LOG_SAMPLE": "1"})
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(env.prefix)
+    try:
+        params = mlp.init_params((mlp.INPUT_SIZE, 8, mlp.CLASSES), np.random.default_rng(0))
+        Registry(client, keys).publish("mnist", serialization.model_to_bytes(params, {}), {})
+        server = start_server(env, tmp_path_factory.mktemp("stop"), workers=1)
+        url = f"{server.url}/v1/models/mnist:predict"
+        answers = [requests.post(url, data=IMAGES[:1].tobytes(), headers=RAW, timeout=30) for _ in range(50)]
+        assert all(a.status_code == 200 for a in answers)
+        server.process.stop()  # SIGTERM at once: the last answers are still queued
+        assert client.xlen(keys.prediction_log("mnist")) == 50
+    finally:
+        delete_prefix(client, env.prefix)
+        client.close()
