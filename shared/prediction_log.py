@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, cast
 
 import numpy as np
@@ -25,8 +26,14 @@ from shared.errors import InvalidInput
 from shared.keys import Keys
 from shared.registry import _split_around_version, check_name
 
-#: Kinds of entries: the answer that was served, or a shadow version's answer that was not.
-LIVE, SHADOW = "live", "shadow"
+
+class Kind(StrEnum):
+    """What an entry logs: the answer that was served, or a shadow version's, never returned."""
+
+    LIVE = "live"
+    SHADOW = "shadow"
+
+
 #: Pixels and classes of an image.
 PIXELS, CLASSES = 784, 10
 #: Entries a read returns at most.

@@ -38,7 +38,7 @@ from shared import drift
 from shared.config import Settings
 from shared.errors import MnistError
 from shared.keys import Keys
-from shared.prediction_log import LIVE, SHADOW, PredictionLog, Rows
+from shared.prediction_log import Kind, PredictionLog, Rows
 
 if TYPE_CHECKING:
     from services.serving.service import Prediction
@@ -208,9 +208,9 @@ class Recorder:
             pipe = self.redis.pipeline(transaction=False)
         live = entries.kinds.count(b"l")
         if live:
-            child(LOGGED, model, LIVE).inc(live)
+            child(LOGGED, model, Kind.LIVE.value).inc(live)
         if len(entries) > live:
-            child(LOGGED, model, SHADOW).inc(len(entries) - live)
+            child(LOGGED, model, Kind.SHADOW.value).inc(len(entries) - live)
 
     def _shadow(self, model: str, version: int, served: Rows, pipe: redis.client.Pipeline) -> list[Rows]:
         """Run the shadow version on the `served` rows; count agreement on `pipe`; return its rows to log."""
