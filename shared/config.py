@@ -161,7 +161,8 @@ class Settings:
         "MNIST_RECORDER_QUEUE",
         10_000,
         "images per web server process waiting to be recorded (log, counters, shadow) off the request"
-        " path; beyond it they are dropped and counted, never waited for",
+        " path, held as they were decoded (784 bytes each, 3 KiB for JSON's float32); beyond it they"
+        " are dropped and counted, never waited for",
     )
     drift_sample: float = _env_field(
         "MNIST_DRIFT_SAMPLE",
