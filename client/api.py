@@ -1,4 +1,4 @@
-"""The typed Python client of the service: jobs, models, datasets and batch predictions.
+"""The typed Python client of the service: jobs, models, datasets, batch predictions, feedback.
 
     from client.api import Client
     client = Client("http://127.0.0.1:8000", token=os.environ["MNIST_API_TOKEN"],
@@ -49,16 +49,23 @@ from client.routes import segment as _segment
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: Seconds an event stream may stay silent before it counts as broken (the server pings every 15 s).
 EVENTS_READ_TIMEOUT = 45.0
+#: Feedback labels per call, the most the service takes in one.
+FEEDBACK_PER_CALL = 1000
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Answers for N images: labels (N,) int64, probabilities (N, 10) float32, versions (N,) int64."""
+    """Answers for N images: labels (N,) int64, probabilities (N, 10) float32, versions (N,) int64.
+
+    `request_ids` name each image as feedback names it (`Client.feedback`): the id of its request,
+    and ``<id>/<i>`` for image i of a request of several (empty for answers read from elsewhere).
+    """
 
     model: str
     labels: np.ndarray
     probabilities: np.ndarray
     versions: np.ndarray
+    request_ids: tuple[str, ...] = ()
 
     @property
     def version(self) -> int:
@@ -106,8 +113,9 @@ class Client:
         self.session.headers["User-Agent"] = "mnist-client/1"
         self.session.mount("http://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
         self.session.mount("https://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
-        # The POSTs under /v1/models/ this session sends are predictions: those may be repeated
-        # too. An import or a rollout decision goes through `_once`, never repeated past the connection.
+        # The POSTs under /v1/models/ this session sends are predictions and feedback: those may be
+        # repeated too (a feedback label counts once per request id, however often it is sent). An
+        # import or a rollout decision goes through `_once`, never repeated past the connection.
         predictions = HTTPAdapter(max_retries=self._retry(IDEMPOTENT | {"POST"}))
         self.session.mount(f"{self.url}/v1/models/", predictions)
         self._once = requests.Session()
@@ -243,6 +251,49 @@ class Client:
         """Remove an alias (the version it named stays)."""
         self._send("DELETE", f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}", auth=WRITE)
 
+    # --- Watching predictions -------------------------------------------------------------------
+
+    def feedback(self, name: str, labels: list[tuple[str, int]]) -> dict[str, int]:
+        """Send the true labels of logged requests, (request id, label 0–9) pairs, in calls of 1,000.
+
+        Return the counts summed over the calls: {"accepted", "unknown", "repeated"}.
+        """
+        totals = {"accepted": 0, "unknown": 0, "repeated": 0}
+        path = f"/v1/models/{_segment(name)}/feedback"
+        for lo in range(0, len(labels), FEEDBACK_PER_CALL):
+            body = {
+                "labels": [
+                    {"request_id": r, "label": int(lab)} for r, lab in labels[lo : lo + FEEDBACK_PER_CALL]
+                ]
+            }
+            answer = self._json("POST", path, json=body, auth=PREDICT)
+            for key in totals:
+                totals[key] += int(answer.get(key, 0))
+        return totals
+
+    def monitor(self, name: str) -> dict[str, Any]:
+        """Return each version's requests, online accuracy, confusion, shadow agreement and drift."""
+        return self._json("GET", f"/v1/models/{_segment(name)}/monitor", auth=READ)
+
+    def predictions(self, name: str, **query: Any) -> dict[str, Any]:
+        """Return a page of the model's prediction log, newest first.
+
+        `query`: version, since, until (Unix ms), before (a page's `next`), limit (≤ 1000), pixels.
+        """
+        params = {
+            k: (str(v).lower() if isinstance(v, bool) else v) for k, v in query.items() if v is not None
+        }
+        return self._json("GET", f"/v1/models/{_segment(name)}/predictions", params=params, auth=READ)
+
+    def set_shadow(self, name: str, version: int, sample: float = 1.0) -> dict[str, Any]:
+        """Make `version` the model's shadow for `sample` (0–1) of its live images."""
+        body = {"version": int(version), "sample": float(sample)}
+        return self._json("PUT", f"/v1/models/{_segment(name)}/shadow", json=body, auth=WRITE)
+
+    def delete_shadow(self, name: str) -> None:
+        """Stop the model's shadow version."""
+        self._send("DELETE", f"/v1/models/{_segment(name)}/shadow", auth=WRITE)
+
     # --- Datasets -------------------------------------------------------------------------------
 
     def datasets(self) -> list[dict[str, Any]]:
@@ -306,6 +357,7 @@ class Client:
             labels=np.concatenate([p.labels for p in parts]),
             probabilities=np.concatenate([p.probabilities for p in parts]),
             versions=np.concatenate([p.versions for p in parts]),
+            request_ids=tuple(i for p in parts for i in p.request_ids),
         )
 
     def predict_raw(self, path: str, rows: np.ndarray) -> Prediction:
@@ -386,7 +438,11 @@ def parse_predictions(body: bytes) -> Prediction:
     probabilities = np.array([p["probabilities"] for p in predictions], dtype=np.float32).reshape(n, CLASSES)
     labels = np.fromiter((p["label"] for p in predictions), dtype=np.int64, count=n)
     versions = np.full(n, int(answer["model_version"]), dtype=np.int64)
-    return Prediction(answer["model"], labels, probabilities, versions)
+    request_id = answer.get("request_id")
+    ids: tuple[str, ...] = ()
+    if isinstance(request_id, str):
+        ids = (request_id,) if n == 1 else tuple(f"{request_id}/{i}" for i in range(n))
+    return Prediction(answer["model"], labels, probabilities, versions, ids)
 
 
 def as_pixels(images: np.ndarray) -> np.ndarray:

@@ -63,6 +63,12 @@ class AliasNotFound(MnistError):
     status = 404
 
 
+class ShadowNotFound(MnistError):
+    """A model without a shadow version (clearing one)."""
+
+    status = 404
+
+
 class VersionInUse(MnistError):
     """Deleting a version that an alias still points at."""
 

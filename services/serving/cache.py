@@ -45,6 +45,7 @@ import redis
 
 from services.serving.metrics import MODEL_VERSION, RELOAD_SECONDS, RELOADS
 from shared import mlp, serialization
+from shared import shadow as shadows
 from shared.config import Settings
 from shared.errors import (
     AliasNotFound,
@@ -172,6 +173,7 @@ class ModelCache:
         self._splits: dict[str, dict[str, Router]] = {}  # model -> split alias -> its versions' numbers
         self._routes: dict[str, Router] = {}  # model -> its default's split, over LoadedModels
         self._followed: set[tuple[str, str]] = set()  # (model, alias) pairs requests used
+        self._shadows: dict[str, shadows.Shadow | None] = {}  # model -> its shadow, as last read
         self._errors: dict[str, str] = {}  # model -> why its default could not move
         self._refused: dict[tuple[str, int], tuple[float, str]] = {}  # -> (monotonic time, why)
         self._registry_error: str | None = None
@@ -227,6 +229,13 @@ class ModelCache:
         if split is not None:
             version = split.pick(model, routing_key)
         return self._version(model, version)
+
+    def shadow(self, model: str) -> shadows.Shadow | None:
+        """Return the model's shadow as last read (None until the next poll for a model new here)."""
+        found = self._shadows.get(model)
+        if found is None and model not in self._shadows:
+            self._shadows[model] = None  # followed from now on: the poll and events read it
+        return found
 
     def held(self, model: str) -> list[int]:
         """Return the versions of `model` held in memory (default, its split's and pinned), sorted."""
@@ -289,6 +298,8 @@ class ModelCache:
         self._verify_pinned(self._watching())
         for model in list(self._aliases):
             self._refresh_aliases(model)
+        for model in list(self._shadows):
+            self._refresh_shadow(model)
 
     # --- loading ----------------------------------------------------------------------------------
     def _stripe(self, model: str) -> threading.Lock:
@@ -492,6 +503,19 @@ class ModelCache:
                 except MnistError as exc:
                     log.warning("%s: cannot preload alias %s -> v%d: %s", model, alias, version, exc)
 
+    def _refresh_shadow(self, model: str) -> None:
+        """Read the model's shadow setting; load and warm its version before the recorder needs it."""
+        try:
+            found = shadows.read(self._watching(), model)
+        except REDIS_ERRORS:
+            return  # the setting held in memory stays
+        if found is not None:
+            try:
+                self._version(model, found.version, self._watching())
+            except MnistError as exc:
+                log.warning("%s: cannot preload shadow v%d: %s", model, found.version, exc)
+        self._shadows[model] = found
+
     def _on_event(self, event: dict[str, Any]) -> None:
         """Apply one registry event to what this process holds."""
         model = event.get("model")
@@ -506,6 +530,9 @@ class ModelCache:
             self._verify_pinned(self._watching(), model)
         if kind == "alias" and model in self._aliases:
             self._refresh_aliases(model)
+        if kind == "shadow" and model in self._shadows:
+            self._refresh_shadow(model)
+            return
         if model in self._defaults or model in self._errors:
             for key in [k for k in list(self._refused) if k[0] == model]:
                 self._refused.pop(key, None)
