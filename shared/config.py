@@ -163,8 +163,8 @@ class Settings:
         "MNIST_FEEDBACK_WINDOW",
         DEFAULT_FEEDBACK_WINDOW,
         "feedback labels per version that the online accuracy and confusion of /monitor and /metrics"
-        " are computed over: the last W/2 to W (two generations of W/2 counters; the totals since the"
-        " version first served are shown beside them)",
+        " are computed over: the last W/2 to W (two generations of W/2 labels' counters, W/2 rounded"
+        " down, at least 1); the totals since the version first served are shown beside them",
     )
     recorder_queue: int = _env_field(
         "MNIST_RECORDER_QUEUE",
