@@ -56,11 +56,11 @@ for i = 11, #ARGV, 2 do
     repeated = repeated + 1
   else
     local version, predicted = string.match(found, '^(%d+) (%d+)$')
-    local current = ARGV[6] .. version .. ARGV[7]
-    if tonumber(redis.call('HGET', current, 'feedback') or '0') >= window then
-      redis.call('RENAME', current, ARGV[8] .. version .. ARGV[9])
+    local recent = ARGV[6] .. version .. ARGV[7]
+    if tonumber(redis.call('HGET', recent, 'feedback') or '0') >= window then
+      redis.call('RENAME', recent, ARGV[8] .. version .. ARGV[9])
     end
-    for _, counters in ipairs({ARGV[4] .. version .. ARGV[5], current}) do
+    for _, counters in ipairs({ARGV[4] .. version .. ARGV[5], recent}) do
       redis.call('HINCRBY', counters, 'feedback', 1)
       if predicted == label then redis.call('HINCRBY', counters, 'correct', 1) end
       redis.call('HINCRBY', counters, 'confusion:' .. label .. ':' .. predicted, 1)

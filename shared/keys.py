@@ -119,8 +119,9 @@ class Keys:
     def version_stats(self, model: str, version: int) -> str:
         """Hash of one version's counters.
 
-        requests, feedback, correct, confusion:<true>:<predicted>, shadow_compared, shadow_agreed,
-        and the live drift profile profile:<feature>:<bin>.
+        requests, feedback, correct, confusion:<true>:<predicted> (totals since it first served; the
+        rolling window's are in `window_current` and `window_previous`), shadow_compared,
+        shadow_agreed, and the live drift profile profile:<feature>:<bin>.
         """
         return f"{self.prefix}model:{model}:v{version}:stats"
 
