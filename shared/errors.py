@@ -110,3 +110,10 @@ class ServiceUnavailable(MnistError):
     """Redis is unreachable and nothing held in memory can answer."""
 
     status = 503
+
+
+class ReplicationTimeout(MnistError):
+    """A write that fewer replicas than MNIST_MIN_REPLICAS acknowledged within MNIST_REPLICA_TIMEOUT."""
+
+    # Redis' replicas are behind or gone: a fault of the deployment, and a retry may succeed.
+    status = 503

@@ -45,6 +45,7 @@ from rq.utils import now
 
 from shared.config import Settings
 from shared.jobs import refusal
+from shared.redis_conn import connect
 from worker import blas, tasks
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,6 @@ def main() -> None:
         settings.blas_threads or "automatic",
         os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
     )
-    conn = redis.Redis.from_url(settings.redis_url, retry=REDIS_RETRY)
+    conn = connect(settings.redis_url, retry=REDIS_RETRY)
     worker = make_worker(settings, conn, name=settings.worker_name)
     worker.work(logging_level=level)
