@@ -104,6 +104,8 @@ def nginx_values(settings: Settings, listen: str, upstream: str, folder: str) ->
         "MNIST_PROXY_LISTEN": listen,
         "MNIST_PROXY_UPSTREAM": upstream,
         "MNIST_PROXY_DIR": folder,
+        # More upstream servers: none here (one gunicorn); the pattern may match no file.
+        "MNIST_PROXY_SERVERS": f"{folder}/servers/*.conf",
         "MNIST_MAX_BODY_BYTES": str(settings.max_body_bytes),
         "MNIST_MAX_DATASET_BYTES": str(settings.max_dataset_bytes),
         "MNIST_REQUEST_TIMEOUT": str(settings.request_timeout),
