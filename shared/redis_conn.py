@@ -27,8 +27,11 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import redis
+from redis.backoff import NoBackoff
 from redis.client import Pipeline
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.connection import SSLConnection
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from shared.errors import ReplicationTimeout
 
@@ -40,6 +43,23 @@ SENTINEL_PORT = 26379
 #: Sentinel's host costs this much before the next one is asked.
 SENTINEL_TIMEOUT = 1.0
 _PASSWORD = re.compile(r"^([a-z+]+://[^:@/]*):[^@/]*@")
+
+
+class PrimaryConnection(SentinelManagedConnection):
+    """A connection to the Sentinels' primary that asks them for its address on every reconnect."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        """Connect to the primary the Sentinels name now, unless connected already."""
+        # redis-py reconnects a dropped connection through this method (send_packed_command),
+        # not through `connect`, which alone asks the Sentinels: a command retried after its
+        # server died would reconnect to the dead address for as long as its retries last.
+        if self._sock is None and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health, retry_socket_connect)
+
+
+class PrimarySSLConnection(PrimaryConnection, SSLConnection):
+    """`PrimaryConnection` over TLS (``rediss+sentinel://``)."""
 
 
 class BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):  # type: ignore[misc]
@@ -62,16 +82,19 @@ def connect(url: str, *, blocking: bool = False, **options: Any) -> redis.Redis:
             return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, **options))
         return redis.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
-    sentinel_options = {
+    sentinel_options: dict[str, Any] = {
         "socket_timeout": options.get("socket_timeout") or SENTINEL_TIMEOUT,
         "socket_connect_timeout": options.get("socket_connect_timeout") or SENTINEL_TIMEOUT,
+        # One try per Sentinel, then the next: redis-py's default retries, nested in the
+        # connection's own, would spend half a minute on a dead Sentinel's host before asking
+        # a live one (the command's retry asks them all again anyway).
+        "retry": Retry(NoBackoff(), 0),
     }
     if target["sentinel_password"] is not None:
         sentinel_options["password"] = target["sentinel_password"]
     sentinel = Sentinel(target["sentinels"], sentinel_kwargs=sentinel_options)
     node: dict[str, Any] = {key: target[key] for key in ("db", "username", "password")}
-    if target["ssl"]:
-        node["ssl"] = True
+    node["connection_class"] = PrimarySSLConnection if target["ssl"] else PrimaryConnection
     pool_class = BlockingSentinelPool if blocking else SentinelConnectionPool
     return sentinel.master_for(target["service"], connection_pool_class=pool_class, **node, **options)
 
@@ -139,6 +162,14 @@ def write_durably(
     writes of its own connection). With `replicas` 0 nothing waits. Fewer acknowledgements within
     `timeout_ms` raise ReplicationTimeout: the writes are done on the primary, not yet durable.
     """
+    if replicas > 0:
+        socket_timeout = conn.get_connection_kwargs().get("socket_timeout")
+        if socket_timeout and timeout_ms >= socket_timeout * 1000:
+            # The read would time out first, and a retry would send the writes again.
+            raise ValueError(
+                f"MNIST_REPLICA_TIMEOUT ({timeout_ms} ms) must be shorter than the Redis"
+                f" connection's socket timeout ({socket_timeout} s)"
+            )
     pipe = conn.pipeline(transaction=False)
     write(pipe)
     if replicas <= 0:

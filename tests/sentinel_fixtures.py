@@ -24,7 +24,7 @@ SERVICE = "mymaster"
 #: Milliseconds without an answer before a Sentinel calls the primary down; low for the tests.
 DOWN_AFTER_MS = 1000
 #: Milliseconds a failover may take before the Sentinels try another.
-FAILOVER_TIMEOUT_MS = 5000
+FAILOVER_TIMEOUT_MS = 2000
 #: Seconds a server may take to answer after it starts.
 START_TIMEOUT = 15.0
 

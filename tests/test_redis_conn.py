@@ -78,6 +78,11 @@ def test_a_plain_url_connects_as_redis_py_does(redis_url: str) -> None:
     plain = connect(redis_url)
     assert write_durably(plain, 0, 100, "a test write", lambda pipe: pipe.set(key, b"2", ex=10)) == [True]
     plain.delete(key)
+    # WAIT would outlast the socket's timeout (and a retry would send the writes again): refused.
+    short = connect(redis_url, socket_timeout=1)
+    with pytest.raises(ValueError, match=r"MNIST_REPLICA_TIMEOUT \(1000 ms\) must be shorter"):
+        write_durably(short, 1, 1000, "a test write", lambda pipe: pipe.set(key, b"3", ex=10))
+    assert short.get(key) is None
 
 
 @pytest.fixture
@@ -128,7 +133,7 @@ def test_a_client_follows_a_failover_without_a_restart(group: RedisGroup) -> Non
     primary, replica = group.servers
     client = connect(group.url(), socket_timeout=1, socket_connect_timeout=1, retry=FAILOVER_RETRY)
     keys = Keys(f"test-conn:{uuid.uuid4().hex[:8]}:")
-    registry = Registry(client, keys, min_replicas=1, replica_timeout=2000)
+    registry = Registry(client, keys, min_replicas=1, replica_timeout=500)  # below the socket's 1 s
     before = registry.publish("m", label_blob(1), {}, job_id="before")
     killed = time.monotonic()
     primary.kill()
