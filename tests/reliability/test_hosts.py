@@ -91,9 +91,13 @@ class Cluster:
 
         def reached() -> dict[str, Any] | None:
             try:
-                view = self.job(job_id)
+                r = requests.get(f"{self.api}/v1/jobs/{job_id}", headers=self.env.auth, timeout=30)
             except requests.RequestException:
                 return None
+            if r.status_code == 503:  # the API's Redis does not answer (a failover): ask again
+                return None
+            assert r.status_code == 200, r.text
+            view = dict(r.json())
             if fraction is None:
                 return view if view["status"] in ("finished", "failed", "canceled") else None
             return view if (view.get("progress") or {}).get("fraction", 0) >= fraction else None
