@@ -32,6 +32,7 @@ from redis.client import Pipeline
 from redis.connection import SSLConnection
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.utils import SENTINEL
 
 from shared.errors import ReplicationTimeout
 
@@ -56,6 +57,26 @@ class PrimaryConnection(SentinelManagedConnection):
         if self._sock is None and self.connection_pool.is_master:
             self.host, self.port = self.connection_pool.get_master_address()
         super().connect_check_health(check_health, retry_socket_connect)
+
+    def read_response(
+        self,
+        disable_decoding: bool = False,
+        *,
+        timeout: Any = SENTINEL,
+        disconnect_on_error: bool | None = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        """Read a reply; on a timeout or a broken socket, drop the connection (as a plain one does)."""
+        # SentinelManagedConnection defaults disconnect_on_error to False, unlike Connection: a
+        # command that timed out against a lost host left the socket open, the pool handed it out
+        # again, and every later command timed out against the same dead address, never asking
+        # the Sentinels (seen in tests/reliability/test_hosts.py: predictors never recovered).
+        return super().read_response(
+            disable_decoding,
+            timeout=timeout,
+            disconnect_on_error=disconnect_on_error,
+            push_request=push_request,
+        )
 
 
 class PrimarySSLConnection(PrimaryConnection, SSLConnection):

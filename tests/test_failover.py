@@ -11,13 +11,15 @@ number: no version lost, none twice.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis.backoff import ExponentialBackoff
+import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from shared.errors import ReplicationTimeout
@@ -62,6 +64,9 @@ def test_a_lost_primary_host_loses_no_acknowledged_version(hosts: tuple[Network,
         socket_connect_timeout=1,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 40),
     )
+    # As the web processes' clients: a timeout is not retried, it fails the command (a 503).
+    web = connect(group.url(), socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    assert web.ping()
     keys = Keys(f"failover-{uuid.uuid4().hex[:6]}:")
     # WAIT must end before the socket's timeout (1 s here; 20 s in a worker).
     durable = Registry(client, keys, min_replicas=1, replica_timeout=500)
@@ -78,6 +83,10 @@ def test_a_lost_primary_host_loses_no_acknowledged_version(hosts: tuple[Network,
     writable = time.monotonic() - cut
     print(f"\nprimary host lost: replica promoted after {promoted:.1f} s, first write after {writable:.1f} s")
 
+    # Its connection to the lost host timed out once at most, and was dropped: the next asks the Sentinels.
+    with contextlib.suppress(redis.TimeoutError, redis.ConnectionError):
+        web.ping()
+    assert web.ping() and web.info("replication")["role"] == "master"
     assert client.connection_pool.get_master_address() == new_primary  # type: ignore[attr-defined]
     assert durable.published_by("job-before") == before  # acknowledged before the loss: kept
     assert [r.version for r in durable.versions("m")] == [before, after] and after == before + 1
