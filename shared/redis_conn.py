@@ -9,10 +9,11 @@
   and the database. The user and password are those of the data nodes; ``?sentinel_password=``
   gives the Sentinels' own, when they have one. The port defaults to 26379, the database to 0.
 
-A Sentinel client asks the Sentinels for the primary's address on every new connection (redis-py's
-`SentinelConnectionPool`), and a connection that finds its server demoted to a replica drops
-itself: after a failover, the next command, or its retry, reaches the new primary without a
-restart.
+A Sentinel client asks the Sentinels for the primary's address on every new connection and every
+reconnect (`PrimaryConnection` over redis-py's `SentinelConnectionPool`), and a connection that
+times out, breaks, or finds its server demoted to a replica drops itself: after a failover, the
+next command, or its retry, reaches the new primary without a restart. Each Sentinel gets one try
+per lookup, so a lost Sentinel's host costs `SENTINEL_TIMEOUT` before the next is asked.
 
 `write_durably` is the other half of durability: Redis replicates asynchronously, so a write
 acknowledged by the primary alone is lost when the primary's host dies before its replicas read
