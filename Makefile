@@ -11,26 +11,29 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 CHROMIUM := /usr/bin/chromium
 # Debian's nginx: the buffering proxy `mnist up` runs in front of gunicorn (docs/deploy.md).
 NGINX := /usr/sbin/nginx
+# Debian's redis-sentinel: the Sentinels of the failover tests (tests/test_sentinel.py, docs/deploy.md).
+SENTINEL := /usr/bin/redis-sentinel
 
-# Installs Debian's nginx as root without leaving a system nginx behind: Debian's postinst would
-# start the service on port 80 (and fail the install where port 80 is taken). A policy-rc.d that
-# answers 101 is Debian's way to forbid that start (invoke-rc.d(8)); it is created only when none
-# exists, and removed again. The unit is then disabled (and stopped, should a policy have let it
-# start), so no system nginx runs now or after a reboot: `mnist up` starts its own.
-define NGINX_APT
+# Installs a Debian package that ships a system service ($$pkg: nginx, redis-sentinel) as root
+# without leaving that service behind: Debian's postinst would start it (nginx on port 80, failing
+# the install where port 80 is taken; a Sentinel on 26379). A policy-rc.d that answers 101 is
+# Debian's way to forbid that start (invoke-rc.d(8)); it is created only when none exists, and
+# removed again. The unit is then disabled (and stopped, should a policy have let it start), so no
+# system service runs now or after a reboot: `mnist up` and the tests start their own.
+define SERVICE_APT
 set -e
 guard=/usr/sbin/policy-rc.d
 made=
 if [ ! -e $$guard ]; then printf '#!/bin/sh\nexit 101\n' > $$guard; chmod 755 $$guard; made=1; fi
 trap 'if [ -n "$$made" ]; then rm -f $$guard; fi' EXIT
-apt-get install -y -qq nginx >/dev/null 2>&1 || \
-	{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nginx >/dev/null 2>&1; }
-if [ -d /run/systemd/system ]; then systemctl disable --now nginx >/dev/null 2>&1 || true
-else service nginx stop >/dev/null 2>&1 || true; update-rc.d nginx disable >/dev/null 2>&1 || true; fi
+apt-get install -y -qq $$pkg >/dev/null 2>&1 || \
+	{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$pkg >/dev/null 2>&1; }
+if [ -d /run/systemd/system ]; then systemctl disable --now $$pkg >/dev/null 2>&1 || true
+else service $$pkg stop >/dev/null 2>&1 || true; update-rc.d $$pkg disable >/dev/null 2>&1 || true; fi
 endef
-export NGINX_APT
+export SERVICE_APT
 
-.PHONY: help install test reliability demo up bench lint lock clean system-data browser proxy
+.PHONY: help install test reliability demo up bench lint lock clean system-data browser proxy sentinel
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +51,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-data
 	@$(MAKE) --no-print-directory browser
 	@$(MAKE) --no-print-directory proxy
+	@$(MAKE) --no-print-directory sentinel
 	@touch $@
 
 system-data:  ## fashion-mnist from Debian's packages, where apt is available (best effort)
@@ -78,11 +82,23 @@ proxy:  ## Debian's nginx for `mnist up`, where apt is available (best effort; n
 		echo "note: no apt here: \`mnist up\` needs nginx (brew install nginx, dnf install nginx…) or --no-proxy"; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		echo "installing nginx (apt; the system service is neither started nor enabled)"; \
-		sh -c "$$NGINX_APT" || echo "note: nginx not installed; \`mnist up\` needs it (or --no-proxy)"; \
+		pkg=nginx sh -c "$$SERVICE_APT" || echo "note: nginx not installed; \`mnist up\` needs it (or --no-proxy)"; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
 		echo "installing nginx (sudo apt; the system service is neither started nor enabled)"; \
-		sudo -n sh -c "$$NGINX_APT" || echo "note: nginx not installed; \`mnist up\` needs it (or --no-proxy)"; \
+		sudo -n env pkg=nginx sh -c "$$SERVICE_APT" || echo "note: nginx not installed; \`mnist up\` needs it (or --no-proxy)"; \
 	else echo "note: \`mnist up\` needs nginx: sudo make proxy (or apt-get install nginx, then disable its service)"; fi
+
+sentinel:  ## Debian's redis-sentinel for the failover tests, where apt is available (best effort; no system Sentinel left running)
+	@if [ -x $(SENTINEL) ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "note: no apt here: the Sentinel failover tests need redis-sentinel (they are skipped without it)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing redis-sentinel (apt; the system service is neither started nor enabled)"; \
+		pkg=redis-sentinel sh -c "$$SERVICE_APT" || echo "note: redis-sentinel not installed; the Sentinel tests will be skipped"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		echo "installing redis-sentinel (sudo apt; the system service is neither started nor enabled)"; \
+		sudo -n env pkg=redis-sentinel sh -c "$$SERVICE_APT" || echo "note: redis-sentinel not installed"; \
+	else echo "note: the Sentinel failover tests need redis-sentinel: sudo make sentinel"; fi
 
 test: install  ## run the whole test suite (needs Redis on REDIS_URL or 127.0.0.1:6379)
 	$(BIN)/pytest

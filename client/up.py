@@ -28,13 +28,13 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from honcho.environ import parse_procfile
 
 from client.supervise import Program, Supervisor
 from shared.config import Settings
+from shared.redis_conn import connect, is_sentinel, redact
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile"
@@ -73,26 +73,13 @@ def port_free(host: str, port: int) -> bool:
 
 def redis_answers(url: str) -> bool:
     """Return True when a Redis at `url` answers PING within a second."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    client = connect(url, socket_connect_timeout=1, socket_timeout=1)
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):
         return False
     finally:
         client.close()
-
-
-def redact(url: str) -> str:
-    """Return `url` with its password, if any, replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def find_nginx() -> str | None:
@@ -117,6 +104,8 @@ def nginx_values(settings: Settings, listen: str, upstream: str, folder: str) ->
         "MNIST_PROXY_LISTEN": listen,
         "MNIST_PROXY_UPSTREAM": upstream,
         "MNIST_PROXY_DIR": folder,
+        # More upstream servers: none here (one gunicorn); the pattern may match no file.
+        "MNIST_PROXY_SERVERS": f"{folder}/servers/*.conf",
         "MNIST_MAX_BODY_BYTES": str(settings.max_body_bytes),
         "MNIST_MAX_DATASET_BYTES": str(settings.max_dataset_bytes),
         "MNIST_REQUEST_TIMEOUT": str(settings.request_timeout),
@@ -231,6 +220,9 @@ def up(args: argparse.Namespace) -> int:
         folder.chmod(0o711)
         try:
             url = settings.redis_url
+            if not redis_answers(url) and is_sentinel(url):
+                # A private server would split the registry from the deployment the URL names.
+                raise UpError(f"no primary answers through the Sentinels of {redact(url)}: are they running?")
             if not redis_answers(url):
                 print(f"no Redis at {redact(url)}: starting a private redis-server", flush=True)
                 url = start_private_redis(supervisor, folder / "redis")

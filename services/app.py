@@ -43,6 +43,7 @@ from shared.config import Settings
 from shared.dataset_store import DatasetStore
 from shared.jobs import Jobs
 from shared.keys import Keys
+from shared.redis_conn import connect
 from shared.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -107,17 +108,22 @@ def redis_clients(settings: Settings) -> RedisClients:
         ),
         "health_check_interval": 30,
     }
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=slots, timeout=REDIS_SLOT_WAIT, queue_class=_Slots, **common
+    requests = connect(
+        settings.redis_url,
+        blocking=True,
+        max_connections=slots,
+        timeout=REDIS_SLOT_WAIT,
+        queue_class=_Slots,
+        **common,
     )
-    probe = redis.Redis.from_url(
+    probe = connect(
         settings.redis_url,
         socket_timeout=READY_PING_TIMEOUT,
         socket_connect_timeout=READY_PING_TIMEOUT,
         retry=Retry(NoBackoff(), 0),
     )
-    watcher = redis.Redis.from_url(settings.redis_url, **common)
-    return RedisClients(redis.Redis(connection_pool=pool), watcher, probe)
+    watcher = connect(settings.redis_url, **common)
+    return RedisClients(requests, watcher, probe)
 
 
 def _settings(config: Mapping[str, Any] | None) -> Settings:

@@ -43,7 +43,12 @@ class Settings:
     """Every tunable of the service; `from_env` fills it from ``MNIST_*``, ``REDIS_URL`` and
     ``WEB_CONCURRENCY``."""
 
-    redis_url: str = _env_field("REDIS_URL", DEFAULT_REDIS_URL, "Redis URL (password allowed)")
+    redis_url: str = _env_field(
+        "REDIS_URL",
+        DEFAULT_REDIS_URL,
+        "Redis URL (password allowed): `redis://`, `rediss://`, `unix://`, or Sentinels and the master's"
+        " name, `redis+sentinel://[:password@]host1:26379,host2:26379,…/mymaster/0[?sentinel_password=…]`",
+    )
     key_prefix: str = _env_field("MNIST_KEY_PREFIX", DEFAULT_KEY_PREFIX, "prefix of every key")
     queue: str = _env_field("MNIST_QUEUE", DEFAULT_QUEUE, "RQ queue of training jobs")
     env: str = _env_field("MNIST_ENV", "production", "production or development")
@@ -116,6 +121,17 @@ class Settings:
         "MNIST_REDIS_TIMEOUT",
         1.0,
         "seconds a Redis command of the web server may take (or its connection) before it fails: a 503",
+    )
+    min_replicas: int = _env_field(
+        "MNIST_MIN_REPLICAS",
+        0,
+        "replicas that must hold a published version (and a checkpoint) before the job goes on (Redis WAIT);"
+        " fewer within MNIST_REPLICA_TIMEOUT fail the publish, and the job retries (0: do not wait)",
+    )
+    replica_timeout: int = _env_field(
+        "MNIST_REPLICA_TIMEOUT",
+        2000,
+        "milliseconds a publish or checkpoint waits for MNIST_MIN_REPLICAS replicas to acknowledge it",
     )
     redis_slots: int = _env_field(
         "MNIST_REDIS_SLOTS",

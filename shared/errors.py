@@ -118,6 +118,13 @@ class ServiceUnavailable(MnistError):
     status = 503
 
 
+class ReplicationTimeout(MnistError):
+    """A write that fewer replicas than MNIST_MIN_REPLICAS acknowledged within MNIST_REPLICA_TIMEOUT."""
+
+    # Redis' replicas are behind or gone: a fault of the deployment, and a retry may succeed.
+    status = 503
+
+
 class RolloutConflict(MnistError):
     """A rollout decision the alias's state does not allow (no canary to promote, one already running)."""
 

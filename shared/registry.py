@@ -36,6 +36,7 @@ from shared.errors import (
     VersionNotFound,
 )
 from shared.keys import Keys
+from shared.redis_conn import write_durably
 from shared.spec import valid_name
 
 #: The alias predictions use when no version is asked for.
@@ -61,7 +62,8 @@ _OK, _NO_MODEL, _NO_VERSION, _NO_ALIAS, _IN_USE, _CHANGED = 0, -1, -2, -3, -4, -
 _PUBLISH = """
 if KEYS[5] then
   local done = redis.call('GET', KEYS[5])
-  if done then return {tonumber(done), 0} end
+  -- Written again so that a WAIT after this call covers the version (see `publish`).
+  if done then redis.call('SET', KEYS[5], done) return {tonumber(done), 0} end
 end
 local v = redis.call('INCR', KEYS[1])
 local vs = string.format('%d', v)
@@ -285,8 +287,20 @@ def _int(raw: bytes | str | None) -> int | None:
 class Registry:
     """Versions, aliases and events of every model, stored under one `Keys` prefix."""
 
-    def __init__(self, redis: redis.Redis, keys: Keys, *, retention: int = DEFAULT_RETENTION) -> None:
-        """Use `redis` (binary replies: decode_responses=False) and the names of `keys`."""
+    def __init__(
+        self,
+        redis: redis.Redis,
+        keys: Keys,
+        *,
+        retention: int = DEFAULT_RETENTION,
+        min_replicas: int = 0,
+        replica_timeout: int = 0,
+    ) -> None:
+        """Use `redis` (binary replies: decode_responses=False) and the names of `keys`.
+
+        With `min_replicas`, `publish` returns only once that many replicas hold the version
+        (Redis WAIT, at most `replica_timeout` ms), else raises ReplicationTimeout.
+        """
         if redis.get_connection_kwargs().get("decode_responses"):
             raise ValueError("the registry stores bytes: use a Redis client without decode_responses")
         if retention < 0:
@@ -294,6 +308,8 @@ class Registry:
         self.redis = redis
         self.keys = keys
         self.retention = retention
+        self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
         self._publish = redis.register_script(_PUBLISH)
         self._delete = redis.register_script(_DELETE)
         self._retain = redis.register_script(_RETAIN)
@@ -332,9 +348,16 @@ class Registry:
             if not isinstance(job_id, str) or not job_id or len(job_id) > 200:
                 raise InvalidInput(f"invalid job id {job_id!r}")
             keys.append(self.keys.published(job_id))
-        version, created = self._publish(
-            keys=keys,
-            args=[model, *self._version_parts(model), blob, body, self.keys.events()],
+        args: list[str | bytes] = [model, *self._version_parts(model), blob, body, self.keys.events()]
+        # A retry of a publish that timed out waiting for replicas finds the job's version (the
+        # script returns it, created 0, and rewrites the job's marker: WAIT counts only the writes
+        # of its own connection) and waits again: the same version, now durable, never a second.
+        ((version, created),) = write_durably(
+            self.redis,
+            self.min_replicas,
+            self.replica_timeout,
+            f"model {model!r}'s new version",
+            lambda pipe: self._publish(keys=keys, args=args, client=pipe),
         )
         if created:
             self.apply_retention(model)
@@ -611,6 +634,18 @@ class Registry:
     def published_by(self, job_id: str) -> int | None:
         """Return the version a training job published, or None if it has not."""
         return _int(self.redis.get(self.keys.published(job_id)))
+
+    def confirm_published(self, job_id: str, version: int) -> None:
+        """Wait until `min_replicas` replicas hold the job's version; ReplicationTimeout if not in time."""
+        # Rewriting the marker gives this connection a write to WAIT for, after the version's own
+        # writes in the replication stream: once a replica has it, it has the version too.
+        write_durably(
+            self.redis,
+            self.min_replicas,
+            self.replica_timeout,
+            f"version {version} of job {job_id}",
+            lambda pipe: pipe.set(self.keys.published(job_id), version),
+        )
 
     def subscribe(self) -> redis.client.PubSub:
         """Return a PubSub subscribed to the registry's events (read them with `parse_event`)."""

@@ -21,6 +21,7 @@ from honcho.environ import parse_procfile
 
 from client import up
 from shared.config import Settings
+from shared.redis_conn import parse_sentinel_url
 from tests.live_fixtures import ROOT, descendants, free_port
 from tests.up_helpers import NGINX
 
@@ -95,6 +96,49 @@ def test_compose_puts_nginx_in_front_and_keeps_gunicorn_on_its_network() -> None
         assert env[name] == expected
         for app in ("api", "worker", "predictor"):
             assert services[app]["environment"][name] == expected
+
+
+def test_compose_puts_the_predictors_behind_their_own_nginx() -> None:
+    services = load_compose()["services"]
+    lb, front = services["predictor-proxy"], services["proxy"]
+    assert lb["profiles"] == services["predictor"]["profiles"] == ["predictor"]
+    assert lb["volumes"] == front["volumes"] and lb["command"] == ["nginx"]
+    # The name compose's DNS resolves to every replica: one upstream server each.
+    assert lb["environment"]["MNIST_PROXY_UPSTREAM"] == "predictor:8000"
+    assert lb["depends_on"]["predictor"]["condition"] == "service_healthy"
+    assert lb["ports"] == ["${MNIST_PREDICT_PORT:-8001}:8000"]
+    placeholders = set(re.findall(r"\$\{(MNIST_\w+)\}", up.NGINX_TEMPLATE.read_text()))
+    assert placeholders <= set(lb["environment"])
+
+
+def test_the_sentinel_override_gives_every_process_the_sentinels() -> None:
+    from ruamel.yaml import YAML
+
+    path = ROOT / "deploy" / "compose.sentinel.yml"
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    services = YAML(typ="safe").load(path.read_text())["services"]
+    sentinels = sorted(name for name in services if name.startswith("sentinel-"))
+    assert sentinels == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    assert "--replicaof" in services["redis-replica"]["command"]
+    for app in ("api", "worker", "predictor"):
+        env = services[app]["environment"]
+        url = env["REDIS_URL"].replace(
+            "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (see .env.example)}", "pw"
+        )
+        target = parse_sentinel_url(url)
+        assert [host for host, _ in target["sentinels"]] == sentinels and target["password"] == "pw"
+        assert env["MNIST_MIN_REPLICAS"] == "1"
+    assert set(services) - {"redis", "redis-replica", *sentinels} <= set(load_compose()["services"])
 
 
 @pytest.mark.skipif(shutil.which("envsubst") is None, reason="no envsubst (Debian's gettext-base)")

@@ -294,6 +294,25 @@ def test_a_job_that_cannot_succeed_fails_once_with_a_clear_message(
     assert log.count("exception raised while executing") == 1 and "enqueued for retry" not in log, log
 
 
+def test_a_publish_no_replica_acknowledges_fails_the_job_clearly_and_retries_publish_nothing_more(
+    stack: Stack,
+) -> None:
+    # The test Redis has no replica: WAIT 1 can only time out.
+    assert stack.conn.info("replication")["connected_slaves"] == 0
+    worker = stack.start(MNIST_MIN_REPLICAS="1", MNIST_REPLICA_TIMEOUT="100")
+    job_id = stack.submit(SHORT, job_retries=2).id
+    view = stack.wait_ended(job_id)
+    assert view["status"] == "failed", view
+    print(f"\nno replica: {view['error']}")
+    expected = "0 of the 1 replica(s) that MNIST_MIN_REPLICAS asks for acknowledged it within 100 ms"
+    assert expected in view["error"]
+    # Each retry found the version the first attempt published and waited again: one version.
+    assert [r.version for r in stack.versions()] == [stack.registry.published_by(job_id)]
+    assert view["attempts"] == 1  # trained once; the retries only waited for replicas
+    log = worker.log()
+    assert log.count("enqueued for retry") == 2 and log.count("MNIST_REPLICA_TIMEOUT") >= 3, log
+
+
 def test_a_job_over_its_time_limit_fails_and_is_not_retried(stack: Stack) -> None:
     worker = stack.start()
     job_id = stack.submit(ENDLESS, job_timeout=3).id

@@ -15,7 +15,9 @@ training loop stops at the next step, saves a checkpoint and hands the job back 
 When Redis goes away (a restart, a failover), every Redis command of the worker and of its work
 horse retries for about a minute (`REDIS_RETRY`) instead of failing: RQ itself survives an outage
 only while idle, and a worker monitoring a running job would otherwise quit on the first
-heartbeat that fails (and its job would fail with it).
+heartbeat that fails (and its job would fail with it). With a ``redis+sentinel://`` URL each
+retry asks the Sentinels where the primary is (shared/redis_conn.py): after a failover the worker
+and its horse go on against the promoted replica, without a restart.
 
 Redis is a trust boundary: anyone who can write to it can queue a job, and RQ imports and calls
 the function a job names. The worker runs only `shared.jobs.TRAIN_FUNCTION` on one spec: any
@@ -45,6 +47,7 @@ from rq.utils import now
 
 from shared.config import Settings
 from shared.jobs import refusal
+from shared.redis_conn import connect
 from worker import blas, tasks
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,10 @@ WORKER_TTL = 25
 #: Retries of a Redis command while Redis is unreachable: pauses doubling from 0.1 s up to 2 s,
 #: 35 of them, about a minute in all (then the command fails as before).
 REDIS_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), 35)
+#: Seconds a connection to Redis may take: a lost host (which answers nothing, not even a refusal)
+#: would otherwise hold each try for the kernel's two minutes of SYN retries. Commands time out
+#: after RQ's socket timeout (`WORKER_TTL` − 15 + 10 s: longer than its blocking dequeue).
+REDIS_CONNECT_TIMEOUT = 5.0
 
 
 class TrainingWorker(Worker):
@@ -168,6 +175,6 @@ def main() -> None:
         settings.blas_threads or "automatic",
         os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
     )
-    conn = redis.Redis.from_url(settings.redis_url, retry=REDIS_RETRY)
+    conn = connect(settings.redis_url, retry=REDIS_RETRY, socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
     worker = make_worker(settings, conn, name=settings.worker_name)
     worker.work(logging_level=level)

@@ -21,9 +21,10 @@ from rq.timeouts import JobTimeoutException
 from shared import pipeline, serialization
 from shared.config import Settings
 from shared.dataset_store import DatasetStore
-from shared.errors import MnistError
+from shared.errors import MnistError, ReplicationTimeout
 from shared.jobs import Jobs
 from shared.keys import Keys
+from shared.redis_conn import write_durably
 from shared.registry import Registry
 from shared.training import Checkpoint, Progress, Trainer
 
@@ -110,7 +111,19 @@ class JobReporter:
         # The live state, not a copy: training waits for this call, and a copy of a big model's
         # parameters and optimizer slots would double the job's memory at every checkpoint.
         blob = serialization.checkpoint_to_bytes(self.trainer.checkpoint(copy=False))
-        self.conn.set(self.keys.checkpoint(self.job.id), blob, ex=CHECKPOINT_TTL)
+        key = self.keys.checkpoint(self.job.id)
+        try:
+            write_durably(
+                self.conn,
+                self.settings.min_replicas,
+                self.settings.replica_timeout,
+                f"job {self.job.id}'s checkpoint",
+                lambda pipe: pipe.set(key, blob, ex=CHECKPOINT_TTL),
+            )
+        except ReplicationTimeout as exc:
+            # The checkpoint is on the primary: training goes on (a checkpoint only saves progress;
+            # the version's own publish waits, and fails, where durability matters).
+            log.warning("job %s: %s", self.job.id, exc.message)
         self.checkpoints += 1
 
 
@@ -131,9 +144,21 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     settings = Settings.from_env()
     conn = job.connection
     keys = Keys(settings.key_prefix)
-    registry = Registry(conn, keys, retention=settings.retention)
+    registry = Registry(
+        conn,
+        keys,
+        retention=settings.retention,
+        min_replicas=settings.min_replicas,
+        replica_timeout=settings.replica_timeout,
+    )
     try:
         return _train(job, spec, conn, keys, settings, registry)
+    except ReplicationTimeout as exc:
+        # The version is on the primary, not yet on enough replicas: a retry (from the checkpoint,
+        # or straight to the version this job published) waits for them again.
+        log.error("job %s: %s", job.id, exc.message)
+        _fail(job, exc.message, retry=True)
+        raise
     except (MnistError, ValidationError, ValueError) as exc:
         # Deterministic failures: retrying would fail the same way, so do not.
         message = exc.message if isinstance(exc, MnistError) else _validation_message(exc)
@@ -163,7 +188,9 @@ def _train(
     spec = pipeline.load_spec(spec)
     done = registry.published_by(job.id)
     if done is not None:
-        # A retry after the first attempt published (e.g. its worker died right after): publish nothing.
+        # A retry after the first attempt published (e.g. its worker died right after, or its
+        # replicas were late): publish nothing, but make sure the version is durable.
+        registry.confirm_published(job.id, done)
         record = registry.record(spec["model"], done)
         return _result(job, spec["model"], done, record.metadata.get("metrics", {}))
     checkpoint = _load_checkpoint(conn, keys, job)
