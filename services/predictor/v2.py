@@ -265,7 +265,10 @@ def _infer(model: str, version: int | None) -> Response:
     svc = services()
     check_predict_token(svc.settings)
     header, binary = _split(request_body(limit=svc.settings.max_body_bytes))
-    body = decode.load_json(header, "inference request", decode.json_limits(svc.settings.max_batch))
+    max_batch = svc.settings.max_batch
+    body = decode.fast_inference_request(header, max_batch) or decode.load_json(
+        header, "inference request", decode.json_limits(max_batch)
+    )
     unknown = sorted(set(body) - set(REQUEST_FIELDS))
     if unknown:
         raise InvalidInput(f"unknown fields {unknown}: an inference request has {list(REQUEST_FIELDS)}")
