@@ -26,7 +26,7 @@ from marshmallow import Schema, fields
 from services.predictor import decode
 from services.serving.service import Prediction
 from services.web.auth import PREDICT_SECURITY, check_predict_token, read_access
-from services.web.blueprint import Blueprint
+from services.web.blueprint import Blueprint, documented_only
 from services.web.bodies import request_body
 from services.web.context import services
 from services.web.errors import error_docs
@@ -191,18 +191,24 @@ def version_ready(model: str, version: int) -> Response:
     return _model_ready(model, version)
 
 
-def _documented_infer(view):
-    """Attach the infer routes' OpenAPI description to `view` (one wrapper each, as in v1)."""
-    errors = {
-        400: "invalid request or tensor",
-        401: "predict token missing (when MNIST_PREDICT_TOKEN is set)",
-        403: "predict token wrong",
-        404: "unknown model or version",
-        413: "body or batch too large",
-        503: "the version is not in memory and cannot be loaded",
-    }
-    view = blp.doc(requestBody=INFER_BODY, security=PREDICT_SECURITY, responses=error_docs(errors))(view)
-    return blp.response(200, InferResponseSchema)(view)
+#: The infer routes' OpenAPI description, without flask-smorest's wrappers (see v1's).
+_documented_infer = documented_only(
+    blp.response(200, InferResponseSchema),
+    blp.doc(
+        requestBody=INFER_BODY,
+        security=PREDICT_SECURITY,
+        responses=error_docs(
+            {
+                400: "invalid request or tensor",
+                401: "predict token missing (when MNIST_PREDICT_TOKEN is set)",
+                403: "predict token wrong",
+                404: "unknown model or version",
+                413: "body or batch too large",
+                503: "the version is not in memory and cannot be loaded",
+            }
+        ),
+    ),
+)
 
 
 @blp.route("/v2/models/<model>/infer", methods=["POST"])
@@ -222,8 +228,10 @@ def infer_version(model: str, version: int) -> Response:
 @blp.after_app_request
 def _error_key(response: Response) -> Response:
     """Give every /v2 error V2's ``error`` key, beside the service's usual fields."""
+    if response.status_code < 400:  # first: the path is a proxy lookup, on every request
+        return response
     path = request.path
-    if response.status_code < 400 or not (path == "/v2" or path.startswith("/v2/")):
+    if not (path == "/v2" or path.startswith("/v2/")):
         return response
     if response.mimetype != "application/json":
         return response
