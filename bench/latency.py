@@ -97,16 +97,17 @@ class Server:
     folder: Path
     runs: list[dict] = field(default_factory=list)
 
-    def pids(self) -> list[int]:
-        """Return the gunicorn and nginx processes of this server (not `mnist up`'s supervisor)."""
-        found = []
+    def pids(self) -> dict[int, str]:
+        """Return the gunicorn and nginx processes of this server, each with its kind (not `mnist up`)."""
+        found = {}
         for pid in [self.process.pid, *descendants(self.process.pid)]:
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"gunicorn" in cmdline or b"nginx" in cmdline:
-                found.append(pid)
+            for kind in ("gunicorn", "nginx"):
+                if kind.encode() in cmdline:
+                    found[pid] = kind
         return found
 
 
@@ -266,17 +267,19 @@ def run_wrk(server: Server, script: Path, clients: int, seconds: int) -> dict:
         "wrk", "-t", str(min(clients, WRK_THREADS)), "-c", str(clients), "-d", f"{seconds}s",
         "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{server.port}{INFER}",
     ]  # fmt: skip
-    before = cpu_ticks(pids)
+    before = cpu_ticks(list(pids))
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 30)
-    after = cpu_ticks(pids)
+    after = cpu_ticks(list(pids))
     line = out.stdout.strip().splitlines()[-1]
     figures = json.loads(line)
     if figures["errors"] or figures["status_errors"]:
         raise RuntimeError(f"{server.side} {server.front}: wrk saw errors: {line}")
-    ticks = sum(after[pid] - before[pid] for pid in after if pid in before)
     requests = figures["requests"]
     figures["rps"] = requests / (figures["duration_us"] / 1e6)
-    figures["cpu_us"] = ticks / TICKS * 1e6 / requests
+    for kind in ("gunicorn", "nginx"):
+        ticks = sum(after[pid] - before[pid] for pid in after if pid in before and pids[pid] == kind)
+        figures[f"cpu_us_{kind}"] = ticks / TICKS * 1e6 / requests
+    figures["cpu_us"] = figures["cpu_us_gunicorn"] + figures["cpu_us_nginx"]
     figures["clients"] = clients
     return figures
 
@@ -303,6 +306,7 @@ def report(
                 ("p99.9", "ms", 1e-3),
                 ("rps", "req/s", 1),
                 ("cpu_us", "µs/req", 1),
+                *([("cpu_us_nginx", "µs/req", 1)] if front == "nginx" else []),
             ):
                 row = {"server": names[front], "clients": str(c), "figure": f"{figure} ({unit})"}
                 for side in sides:
