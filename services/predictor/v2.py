@@ -60,6 +60,8 @@ OUTPUT_TYPES: dict[str, tuple[str, np.dtype]] = {
 REQUEST_FIELDS = ("id", "parameters", "inputs", "outputs")
 #: Header that splits a binary body into its JSON part and its tensors.
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: The same header's key in the WSGI environ.
+HEADER_ENVIRON = "HTTP_" + HEADER_LENGTH.upper().replace("-", "_")
 
 INPUTS_METADATA = [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, mlp.INPUT_SIZE]}]
 OUTPUTS_METADATA = [
@@ -297,7 +299,7 @@ def _infer(model: str, version: int | None) -> Response:
 
 def _split(body: bytes) -> tuple[bytes, memoryview]:
     """Return the JSON part and the binary part of a request body."""
-    raw = request.headers.get(HEADER_LENGTH)
+    raw = request.environ.get(HEADER_ENVIRON)  # the environ itself: no headers object per request
     if raw is None:
         return body, memoryview(b"")
     try:
@@ -402,7 +404,7 @@ def _respond(answer: Prediction, request_id: str | None, outputs: list[tuple[str
     payload["outputs"] = described
     header = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
-        return Response(header, mimetype="application/json")
+        return Response(header, content_type="application/json")
     response = Response(b"".join([header, *blobs]), mimetype="application/octet-stream")
     response.headers[HEADER_LENGTH] = str(len(header))
     return response
