@@ -2,6 +2,8 @@
 
 gthread workers: each process serves several requests at once (Server-Sent Events streams
 hold a thread, not a process), and each process holds its own model cache and watcher thread.
+One change (services/inline_worker.py): a whole, small, un-pinned prediction is answered on the
+event loop's own thread, without gthread's two thread hand-offs per request.
 The app is built after the fork (no preload), so watcher threads start in every worker.
 """
 
@@ -29,7 +31,8 @@ _settings = Settings.from_env()
 bind = _settings.bind
 #: Worker processes (WEB_CONCURRENCY, gunicorn's convention).
 workers = _settings.web_workers
-worker_class = "gthread"
+#: gunicorn's gthread, serving whole one-image predictions inline (services/inline_worker.py).
+worker_class = "services.inline_worker.InlineThreadWorker"
 #: Threads per worker process (MNIST_THREADS).
 threads = _settings.web_threads
 #: Seconds a request may take before its worker is restarted (MNIST_REQUEST_TIMEOUT).
