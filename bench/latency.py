@@ -18,6 +18,7 @@ is shared, and a neighbour's burst hits both alike. Each figure is the median ov
 with the range. Everything the run wrote in Redis is deleted afterwards.
 
 Usage: python bench/latency.py [--old PATH] [--rounds 3] [--seconds 4] [--clients 1,8,32]
+       python bench/latency.py --table bench/results/latency.json   (the saved run's table again)
 (`--old` is another checkout of this repository with its own .venv, e.g. a `git worktree` of main;
 without it, only this checkout is measured.)
 """
@@ -47,7 +48,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import print_table, save_results  # noqa: E402
+from bench.common import paired, print_table, save_results  # noqa: E402
 from client.up import free_port  # noqa: E402
 from shared import mlp, serialization  # noqa: E402
 from shared.keys import Keys  # noqa: E402
@@ -289,16 +290,18 @@ def median_range(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
-def report(
-    servers: list[Server], batches: dict[str, list[float]], clients: tuple[int, ...], meta: dict
-) -> None:
-    """Print the tables (old and new side by side) and save the results."""
-    sides = sorted({s.side for s in servers}, key=lambda s: s != "old")
-    fronts = ("nginx", "gunicorn")
+def table(runs: dict[str, list[dict]], batches: dict[str, list[float]], meta: dict) -> list[dict[str, str]]:
+    """Return the rows of the table: each figure's median over rounds (range), side by side.
+
+    `runs` maps "side/front" to that server's runs, in round order; with two sides, the last
+    column is the median over rounds of new / old within a round (the machine's drift cancels).
+    """
+    sides = sorted({key.split("/")[0] for key in runs}, key=lambda s: s != "old")
+    fronts = [f for f in ("nginx", "gunicorn") if any(key.endswith(f"/{f}") for key in runs)]
     names = {"nginx": "through mnist up's nginx", "gunicorn": "gunicorn alone"}
     rows = []
     for front in fronts:
-        for c in clients:
+        for c in meta["clients"]:
             for figure, unit, scale in (
                 ("p50", "ms", 1e-3),
                 ("p90", "ms", 1e-3),
@@ -309,36 +312,33 @@ def report(
                 *([("cpu_us_nginx", "µs/req", 1)] if front == "nginx" else []),
             ):
                 row = {"server": names[front], "clients": str(c), "figure": f"{figure} ({unit})"}
+                per_side = {}
                 for side in sides:
-                    server = next(s for s in servers if s.side == side and s.front == front)
-                    values = [r[figure] * scale for r in server.runs if r["clients"] == c]
+                    values = [r[figure] * scale for r in runs[f"{side}/{front}"] if r["clients"] == c]
+                    per_side[side] = values
                     mid, low, high = median_range(values)
                     digits = 2 if unit == "ms" else 0
                     row[side] = f"{mid:,.{digits}f} ({low:,.{digits}f}–{high:,.{digits}f})"
+                if len(sides) == 2:
+                    row["new / old"] = f"{paired(per_side['new'], per_side['old']):.2f}"
                 rows.append(row)
-    batch_row = {
-        "server": names["nginx"],
-        "clients": "1",
-        "figure": "10,000 images per request, V2 binary (img/s)",
-    }
+    batch_row = {"server": names["nginx"], "clients": "1", "figure": "10,000 images per request (img/s)"}
     for side in sides:
         mid, low, high = median_range(batches[side])
         batch_row[side] = f"{mid:,.0f} ({low:,.0f}–{high:,.0f})"
+    if len(sides) == 2:
+        batch_row["new / old"] = f"{paired(batches['new'], batches['old']):.2f}"
     rows.append(batch_row)
+    return rows
+
+
+def report(runs: dict[str, list[dict]], batches: dict[str, list[float]], meta: dict) -> None:
+    """Print the table (old and new side by side)."""
     print(
         f"\none image of JSON V2 per request (wrk), medians of {meta['rounds']} alternating rounds"
-        f" of {meta['seconds']} s (range in brackets), {os.cpu_count()} CPUs\n"
+        f" of {meta['seconds']} s (range in brackets), {meta['cpus']} CPUs\n"
     )
-    print_table(rows)
-    path = save_results(
-        "latency",
-        {
-            "config": meta,
-            "runs": {f"{s.side}/{s.front}": s.runs for s in servers},
-            "batch_images_per_s": batches,
-        },
-    )
-    print(f"\nsaved {path}")
+    print_table(table(runs, batches, meta))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -349,7 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=4, help="duration of each wrk run")
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="connections, comma-separated")
     parser.add_argument("--fronts", default="nginx,gunicorn", help="servers to measure: nginx, gunicorn")
+    parser.add_argument("--table", type=Path, help="print the table of a saved bench/results/latency.json")
     args = parser.parse_args(argv)
+    if args.table is not None:
+        saved = json.loads(args.table.read_text())
+        report(saved["runs"], saved["batch_images_per_s"], saved["config"])
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: make bench installs it (apt-get install wrk)")
     clients = tuple(int(c) for c in args.clients.split(","))
@@ -408,7 +413,10 @@ def main(argv: list[str] | None = None) -> None:
         "model": list(SIZES),
         "cpus": os.cpu_count(),
     }
-    report(servers, batches, clients, meta)
+    runs = {f"{s.side}/{s.front}": s.runs for s in servers}
+    report(runs, batches, meta)
+    path = save_results("latency", {"config": meta, "runs": runs, "batch_images_per_s": batches})
+    print(f"\nsaved {path}")
 
 
 if __name__ == "__main__":
