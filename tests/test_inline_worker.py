@@ -77,7 +77,7 @@ def one_process(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     client = redis.Redis.from_url(redis_url)
     Registry(client, Keys(env.prefix)).publish("m", serialization.model_to_bytes(PARAMS, {}), {})
-    server = start_server(env, tmp_path_factory.mktemp("inline"), workers=1)
+    server = start_server(env, tmp_path_factory.mktemp("inline"), workers=1, MNIST_WEB_WORKER="inline")
     yield server
     server.process.stop()
     delete_prefix(client, env.prefix)
