@@ -3,10 +3,10 @@
 gthread hands every request from its event loop to a pool thread and the finished connection
 back: two thread wake-ups, a pipe write and two epoll registrations per request, and the GIL
 passed twice. For a prediction answered from memory in a few hundred microseconds, that is a
-large share of the request (bench/latency.py, one run: 624 → 542 µs of server CPU per one-image
-request at 8 clients, p99 19 → 9.5 ms; other runs, on a machine kept busy by other processes, did
-worse than gthread: hence opt-in, MNIST_WEB_WORKER=inline). A request is served inline when its
-bytes, *peeked* from the socket (not read), show all of:
+large share of the request (an experiment serving every request inline: 624 → 542 µs of server
+CPU per one-image request at 8 clients, p99 19 → 9.5 ms; this worker, on a machine kept busy by
+other processes, did worse than gthread: hence opt-in, MNIST_WEB_WORKER=inline; docs/benchmarks.md).
+A request is served inline when its bytes, *peeked* from the socket (not read), show all of:
 
 - the request line of an un-pinned predict route (`POST /v1/models/<m>:predict`,
   `POST /v2/models/<m>/infer`): answered from the model held in memory, never waiting on Redis
