@@ -1,4 +1,4 @@
-"""The typed Python client of the service: jobs, models, datasets and batch predictions.
+"""The typed Python client of the service: jobs, models, datasets, batch predictions, feedback.
 
     from client.api import Client
     client = Client("http://127.0.0.1:8000", token=os.environ["MNIST_API_TOKEN"],
@@ -13,8 +13,9 @@ send `predict_token`, else `token` (the service takes either once it guards read
 Retry policy: a connection that cannot be opened is retried for every request (nothing reached
 the server). A 500/502/503/504 answer or a broken read is retried only for requests that are
 safe to repeat: GET, PUT, DELETE and the prediction POSTs (a prediction changes nothing).
-`submit` and `upload_dataset` are POSTs that the server may have carried out before it failed:
-they are sent once past the connection, so a retry can never queue a job twice.
+`submit`, `upload_dataset`, `dataset_from_feedback`, `push` and `rollout` are POSTs that the
+server may have carried out before it failed: they are sent once past the connection, so a retry
+can never queue a job, store a dataset, or publish a version, twice.
 """
 
 from __future__ import annotations
@@ -48,16 +49,23 @@ from client.routes import segment as _segment
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: Seconds an event stream may stay silent before it counts as broken (the server pings every 15 s).
 EVENTS_READ_TIMEOUT = 45.0
+#: Feedback labels per call, the most the service takes in one.
+FEEDBACK_PER_CALL = 1000
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Answers for N images: labels (N,) int64, probabilities (N, 10) float32, versions (N,) int64."""
+    """Answers for N images: labels (N,) int64, probabilities (N, 10) float32, versions (N,) int64.
+
+    `request_ids` name each image as feedback names it (`Client.feedback`): the id of its request,
+    and ``<id>/<i>`` for image i of a request of several (empty for answers read from elsewhere).
+    """
 
     model: str
     labels: np.ndarray
     probabilities: np.ndarray
     versions: np.ndarray
+    request_ids: tuple[str, ...] = ()
 
     @property
     def version(self) -> int:
@@ -105,9 +113,15 @@ class Client:
         self.session.headers["User-Agent"] = "mnist-client/1"
         self.session.mount("http://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
         self.session.mount("https://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
-        # The only POSTs under /v1/models/ are predictions: those may be repeated too.
+        # The POSTs under /v1/models/ this session sends are predictions and feedback: those may be
+        # repeated too (a feedback label counts once per request id, however often it is sent). An
+        # import or a rollout decision goes through `_once`, never repeated past the connection.
         predictions = HTTPAdapter(max_retries=self._retry(IDEMPOTENT | {"POST"}))
         self.session.mount(f"{self.url}/v1/models/", predictions)
+        self._once = requests.Session()
+        self._once.headers["User-Agent"] = self.session.headers["User-Agent"]
+        self._once.mount("http://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
+        self._once.mount("https://", HTTPAdapter(max_retries=self._retry(IDEMPOTENT)))
 
     def _retry(self, methods: frozenset[str]) -> Retry:
         return Retry(
@@ -126,6 +140,7 @@ class Client:
     def close(self) -> None:
         """Close the session's connections."""
         self.session.close()
+        self._once.close()
 
     def __enter__(self) -> Client:
         return self
@@ -203,9 +218,81 @@ class Client:
         path = f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}"
         return self._json("PUT", path, json={"version": int(version)}, auth=WRITE)
 
+    def set_split(
+        self, name: str, alias: str, versions: dict[int, float], reason: str | None = None
+    ) -> dict[str, Any]:
+        """Split `alias` over versions with weights ({4: 0.9, 5: 0.1}); return the alias with its "split"."""
+        path = f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}"
+        body: dict[str, Any] = {"versions": {str(int(v)): w for v, w in versions.items()}}
+        if reason:
+            body["reason"] = reason
+        return self._json("PUT", path, json=body, auth=WRITE)
+
+    def push(self, name: str, data: bytes, alias: str | None = None) -> dict[str, Any]:
+        """Publish a model file (.npz bytes) as `name`'s next version (and point `alias` at it); return it."""
+        params = {"alias": alias} if alias else None
+        # Its own connection: after an early refusal (413, 415) gunicorn closes the connection.
+        headers = {"Content-Type": "application/x-npz", "Connection": "close"}
+        path = f"/v1/models/{_segment(name)}/versions"
+        return self._json("POST", path, data=data, params=params, headers=headers, auth=WRITE, once=True)
+
+    def rollout(self, name: str, action: str, **fields: Any) -> dict[str, Any]:
+        """Decide a rollout: action canary (version, weight, alias, reason), promote or rollback (reason)."""
+        body = {"action": action, **{k: v for k, v in fields.items() if v is not None}}
+        path = f"/v1/models/{_segment(name)}/rollout"
+        return self._json("POST", path, json=body, auth=WRITE, once=True)
+
+    def rollout_status(self, name: str, alias: str | None = None) -> dict[str, Any]:
+        """Return the rollout of `alias` (default production): its split, canary and recent decisions."""
+        params = {"alias": alias} if alias else None
+        return self._json("GET", f"/v1/models/{_segment(name)}/rollout", params=params, auth=READ)
+
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove an alias (the version it named stays)."""
         self._send("DELETE", f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}", auth=WRITE)
+
+    # --- Watching predictions -------------------------------------------------------------------
+
+    def feedback(self, name: str, labels: list[tuple[str, int]]) -> dict[str, int]:
+        """Send the true labels of logged requests, (request id, label 0–9) pairs, in calls of 1,000.
+
+        Return the counts summed over the calls: {"accepted", "unknown", "repeated"}.
+        """
+        totals = {"accepted": 0, "unknown": 0, "repeated": 0}
+        path = f"/v1/models/{_segment(name)}/feedback"
+        for lo in range(0, len(labels), FEEDBACK_PER_CALL):
+            body = {
+                "labels": [
+                    {"request_id": r, "label": int(lab)} for r, lab in labels[lo : lo + FEEDBACK_PER_CALL]
+                ]
+            }
+            answer = self._json("POST", path, json=body, auth=PREDICT)
+            for key in totals:
+                totals[key] += int(answer.get(key, 0))
+        return totals
+
+    def monitor(self, name: str) -> dict[str, Any]:
+        """Return each version's requests, online accuracy, confusion, shadow agreement and drift."""
+        return self._json("GET", f"/v1/models/{_segment(name)}/monitor", auth=READ)
+
+    def predictions(self, name: str, **query: Any) -> dict[str, Any]:
+        """Return a page of the model's prediction log, newest first.
+
+        `query`: version, since, until (Unix ms), before (a page's `next`), limit (≤ 1000), pixels.
+        """
+        params = {
+            k: (str(v).lower() if isinstance(v, bool) else v) for k, v in query.items() if v is not None
+        }
+        return self._json("GET", f"/v1/models/{_segment(name)}/predictions", params=params, auth=READ)
+
+    def set_shadow(self, name: str, version: int, sample: float = 1.0) -> dict[str, Any]:
+        """Make `version` the model's shadow for `sample` (0–1) of its live images."""
+        body = {"version": int(version), "sample": float(sample)}
+        return self._json("PUT", f"/v1/models/{_segment(name)}/shadow", json=body, auth=WRITE)
+
+    def delete_shadow(self, name: str) -> None:
+        """Stop the model's shadow version."""
+        self._send("DELETE", f"/v1/models/{_segment(name)}/shadow", auth=WRITE)
 
     # --- Datasets -------------------------------------------------------------------------------
 
@@ -221,6 +308,17 @@ class Client:
         return self._json(
             "POST", f"/v1/datasets/{_segment(name)}", data=data, params=params, headers=headers, auth=WRITE
         )
+
+    def dataset_from_feedback(
+        self, name: str, model: str = "mnist", version: int | None = None, merge: str | None = None
+    ) -> dict[str, Any]:
+        """Store dataset `name` from the model's logged live predictions that have feedback labels.
+
+        Only `version`'s predictions when given; `merge` names a dataset whose images join them.
+        Return the new dataset's entry (its `digest`, sizes and `origin`).
+        """
+        body = {"model": model, "version": version, "merge": merge}
+        return self._json("POST", f"/v1/datasets/{_segment(name)}/from-feedback", json=body, auth=WRITE)
 
     def delete_dataset(self, name: str) -> None:
         """Delete an uploaded dataset."""
@@ -259,6 +357,7 @@ class Client:
             labels=np.concatenate([p.labels for p in parts]),
             probabilities=np.concatenate([p.probabilities for p in parts]),
             versions=np.concatenate([p.versions for p in parts]),
+            request_ids=tuple(i for p in parts for i in p.request_ids),
         )
 
     def predict_raw(self, path: str, rows: np.ndarray) -> Prediction:
@@ -286,16 +385,21 @@ class Client:
         auth: str | None = None,
         headers: dict[str, str] | None = None,
         read_timeout: float | None = None,
+        once: bool = False,
         **kw: Any,
     ) -> requests.Response:
-        """Send a request with the token of its kind `auth`; return a 2xx/3xx answer, else ClientError."""
+        """Send a request with the token of its kind `auth`; return a 2xx/3xx answer, else ClientError.
+
+        `once`: a POST with effects, not repeated once it reached the server (see the module doc).
+        """
         headers = dict(headers or {})
         token = self._token(auth)
         if token:
             headers["Authorization"] = f"Bearer {token}"
         timeout = (self.timeout, read_timeout or self.timeout)
         try:
-            response = self.session.request(method, self.url + path, headers=headers, timeout=timeout, **kw)
+            session = self._once if once else self.session
+            response = session.request(method, self.url + path, headers=headers, timeout=timeout, **kw)
         except requests.exceptions.RetryError as exc:
             raise ClientError("Unreachable", None, f"{method} {self.url}{path}: {_reason(exc)}") from None
         except requests.ConnectionError as exc:
@@ -334,7 +438,11 @@ def parse_predictions(body: bytes) -> Prediction:
     probabilities = np.array([p["probabilities"] for p in predictions], dtype=np.float32).reshape(n, CLASSES)
     labels = np.fromiter((p["label"] for p in predictions), dtype=np.int64, count=n)
     versions = np.full(n, int(answer["model_version"]), dtype=np.int64)
-    return Prediction(answer["model"], labels, probabilities, versions)
+    request_id = answer.get("request_id")
+    ids: tuple[str, ...] = ()
+    if isinstance(request_id, str):
+        ids = (request_id,) if n == 1 else tuple(f"{request_id}/{i}" for i in range(n))
+    return Prediction(answer["model"], labels, probabilities, versions, ids)
 
 
 def as_pixels(images: np.ndarray) -> np.ndarray:

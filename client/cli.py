@@ -151,9 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, help="override the default recipe's epochs (a quicker demo)")
     demo.set_defaults(run=_lazy("client.demo", "demo"))
 
-    datasets = sub.add_parser("datasets", help="list the built-in datasets")
+    datasets = sub.add_parser(
+        "datasets", help="list the built-in datasets; `datasets from-feedback NAME` builds one on the service"
+    )
     datasets.add_argument("--json", action="store_true")
     datasets.set_defaults(run=_lazy("client.local", "datasets_command"))
+    datasets_actions = datasets.add_subparsers(dest="datasets_action", metavar="ACTION")
+    feedback = datasets_actions.add_parser(
+        "from-feedback",
+        help="store dataset NAME on the service: logged predictions with their feedback labels",
+    )
+    feedback.add_argument("name", metavar="NAME", help="the new dataset's name")
+    feedback.add_argument("--model", default="mnist", help="whose prediction log (default: mnist)")
+    feedback.add_argument("--version", type=int, help="only this version's predictions (default: all)")
+    feedback.add_argument("--merge", metavar="DATASET", help="a built-in or uploaded dataset to add")
+    add_remote_flags(feedback)
+    feedback.set_defaults(run=_remote("datasets_from_feedback"))
 
     add_remote_commands(sub)
     return parser
@@ -212,6 +225,39 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--model", default="mnist", help="registry name (default: mnist)")
         add_remote_flags(p)
     alias.set_defaults(run=_remote("alias"))
+
+    push = sub.add_parser("push", help="publish a model file (.npz) trained elsewhere as a new version")
+    push.add_argument(
+        "file", metavar="FILE", help="the model file: W1, b1, …, Wk, bk and meta (mnist train --out)"
+    )
+    push.add_argument("--model", default="mnist", help="registry name (default: mnist)")
+    push.add_argument("--alias", help="also point this alias at the new version, e.g. staging")
+    add_remote_flags(push)
+    push.set_defaults(run=_remote("push"))
+    add_canary_commands(sub)
+
+
+def add_canary_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `mnist canary start|promote|rollback|status`: the rollout decisions."""
+    canary = sub.add_parser(
+        "canary", help="send part of the traffic to a new version, then promote or roll back"
+    )
+    actions = canary.add_subparsers(dest="canary_action", required=True, metavar="ACTION")
+    start = actions.add_parser("start", help="mnist canary start VERSION --weight 0.2: split the alias")
+    start.add_argument("version", type=int, metavar="VERSION")
+    start.add_argument(
+        "--weight", type=float, default=0.1, help="share of the traffic, 0–1 exclusive (default 0.1)"
+    )
+    promote = actions.add_parser("promote", help="the alias names the canary alone")
+    rollback = actions.add_parser("rollback", help="the alias names the version before the canary alone")
+    status = actions.add_parser("status", help="the alias's split, canary and recent decisions")
+    for p in (start, promote, rollback, status):
+        p.add_argument("--model", default="mnist", help="registry name (default: mnist)")
+        p.add_argument("--alias", help="the alias rolled out (default: production)")
+        if p is not status:
+            p.add_argument("--reason", help="why, for the decision log")
+        add_remote_flags(p, "read" if p is status else "write")
+    canary.set_defaults(run=_remote("canary"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

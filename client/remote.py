@@ -1,4 +1,5 @@
-"""The commands that talk to the service: train --url, models, jobs, alias; what they share with predict.
+"""The commands that talk to the service (train --url, models, jobs, alias, datasets from-feedback,
+push, canary) and what they share with predict.
 
 Each returns an exit status; a `ClientError` (an error answer, an unreachable server) becomes one
 line on stderr and status 1, like every other error of the `mnist` command. `mnist predict` is in
@@ -237,6 +238,8 @@ def models(args: argparse.Namespace) -> int:
             print(f"{m['name']:<20} latest v{m['latest']}  {m['versions']} version(s)  aliases: {aliases}")
         return 0
     print(f"{data['name']}: latest v{data['latest']}")
+    for alias, split in sorted((data.get("splits") or {}).items()):
+        print(f"  {alias}: {_split_text(split)}")
     for v in data["versions"]:
         metrics = v.get("metrics") or {}
         dataset = (v.get("dataset") or {}).get("name") or "-"
@@ -299,4 +302,75 @@ def alias(args: argparse.Namespace) -> int:
         print(f"{answer['model']} {answer['alias']} → v{answer['version']}{was}")
     else:
         print(f"{args.model} {args.alias} deleted")
+    return 0
+
+
+@command
+def push(args: argparse.Namespace) -> int:
+    """Publish a model file as a new version of a model."""
+    with open(args.file, "rb") as f:
+        data = f.read()
+    with client_of(args) as client:
+        answer = client.push(args.model, data, alias=args.alias)
+    if _json(args):
+        print(json.dumps(answer))
+        return 0
+    aliases = f" [{', '.join(answer['aliases'])}]" if answer.get("aliases") else ""
+    sizes = "-".join(str(n) for n in (answer.get("architecture") or {}).get("sizes", []))
+    sha = answer["lineage"]["sha256"]
+    print(f"{answer['model']} v{answer['version']} imported{aliases}: {sizes}, sha256 {sha[:12]}…")
+    return 0
+
+
+def _split_text(split: dict[str, float] | None) -> str:
+    return ", ".join(f"v{v} {100 * w:.0f} %" for v, w in (split or {}).items()) or "-"
+
+
+@command
+def canary(args: argparse.Namespace) -> int:
+    """Start, promote, roll back or show a canary rollout."""
+    action = args.canary_action
+    with client_of(args, READ if action == "status" else WRITE) as client:
+        if action == "status":
+            answer = client.rollout_status(args.model, args.alias)
+        elif action == "start":
+            answer = client.rollout(
+                args.model,
+                "canary",
+                version=args.version,
+                weight=args.weight,
+                alias=args.alias,
+                reason=args.reason,
+            )
+        else:
+            answer = client.rollout(args.model, action, alias=args.alias, reason=args.reason)
+    if _json(args):
+        print(json.dumps(answer))
+        return 0
+    found = answer.get("canary")
+    shown = f"canary v{found['version']} at {100 * found['weight']:.0f} %" if found else "no canary"
+    print(f"{args.model} {answer['alias']}: {_split_text(answer.get('split'))} ({shown})")
+    if action == "status":
+        for d in answer.get("decisions", []):
+            version = f" v{d['version']}" if d.get("version") is not None else ""
+            reason = f": {d['reason']}" if d.get("reason") else ""
+            after = _split_text(d.get("split"))
+            print(f"  {d['time']}  {d['action']}{version} by {d['actor']} → {after}{reason}")
+    return 0
+
+
+@command
+def datasets_from_feedback(args: argparse.Namespace) -> int:
+    """Store a dataset on the service from a model's logged predictions that have feedback labels."""
+    with client_of(args) as client:
+        info = client.dataset_from_feedback(args.name, args.model, args.version, args.merge)
+    if _json(args):
+        print(json.dumps(info))
+        return 0
+    origin = info.get("origin") or {}
+    merged = f" + {origin['merged']}" if origin.get("merged") else ""
+    print(
+        f"{info['name']}: {origin.get('feedback_images', 0):,} images with feedback labels{merged},"
+        f" {info['train_size']:,} to train on, {info['test_size']:,} to test; {info['digest']}"
+    )
     return 0

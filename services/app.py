@@ -32,8 +32,8 @@ from flask_smorest import Api
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from services.api import dashboard, datasets, evaluation, jobs, models
-from services.predictor import v1, v2
+from services.api import dashboard, datasets, evaluation, jobs, models, monitor, rollout
+from services.predictor import feedback, v1, v2
 from services.serving.service import PredictionService
 from services.web import auth, errors, health, metrics
 from services.web.context import EXTENSION, Services
@@ -156,9 +156,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
 
     api = Api(app)
-    blueprints = [v1.blp, v2.blp, health.blp]
+    blueprints = [v1.blp, v2.blp, feedback.blp, health.blp]
     if settings.role != "predictor":  # the predictor role serves predictions and health only
-        blueprints = [jobs.blp, models.blp, evaluation.blp, datasets.blp, *blueprints]
+        api_blueprints = [jobs.blp, models.blp, rollout.blp, monitor.blp, evaluation.blp, datasets.blp]
+        blueprints = [*api_blueprints, *blueprints]
         app.register_blueprint(dashboard.blp)  # a page, not an API resource: not in /openapi.json
     for blueprint in blueprints:
         api.register_blueprint(blueprint)

@@ -70,3 +70,11 @@ def child_exit(server, worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_exit(server, worker) -> None:
+    """Write what the worker's recorder still queues before the worker exits (a graceful stop)."""
+    app = getattr(worker, "wsgi", None)
+    services = getattr(app, "extensions", {}).get("mnist")
+    if services is not None:
+        services.predictions.recorder.stop()

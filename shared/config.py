@@ -150,6 +150,38 @@ class Settings:
         " text; counted before decompressing), also for a path given to `mnist train` (128 MiB)",
     )
     default_model: str = _env_field("MNIST_DEFAULT_MODEL", "mnist", "model name of /v1/jobs")
+    # Watching predictions (services/serving/recorder.py, shared/prediction_log.py).
+    log_sample: float = _env_field(
+        "MNIST_LOG_SAMPLE",
+        0.0,
+        "fraction (0–1) of predicted images written to the model's prediction log (0: none; feedback"
+        " can only name logged requests)",
+    )
+    log_maxlen: int = _env_field(
+        "MNIST_LOG_MAXLEN",
+        100_000,
+        "entries of each model's prediction log in Redis (about 900 bytes each with its pixels); the"
+        " feedback labels are bounded to the same number",
+    )
+    recorder_queue: int = _env_field(
+        "MNIST_RECORDER_QUEUE",
+        10_000,
+        "images per web server process waiting to be recorded (log, counters, shadow) off the request"
+        " path, held as they were decoded (784 bytes each, 3 KiB for JSON's float32); beyond it they"
+        " are dropped and counted, never waited for",
+    )
+    drift_sample: float = _env_field(
+        "MNIST_DRIFT_SAMPLE",
+        0.1,
+        "fraction (0–1) of predicted images whose features feed the live drift profile (the score"
+        " compares shares, so a sample serves; profiling every image costs about 8 µs each)",
+    )
+    drift_threshold: float = _env_field(
+        "MNIST_DRIFT_THRESHOLD",
+        0.25,
+        "drift score (the largest PSI of a version's features, live against training) above which"
+        " /monitor and /metrics report the version as drifted",
+    )
     # Datasets (shared/datasets.py).
     sample_path: Path | None = _env_field(
         "MNIST_SAMPLE_PATH",

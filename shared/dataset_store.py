@@ -27,8 +27,13 @@ class DatasetStore:
         self.conn = conn
         self.keys = keys
 
-    def put(self, data: datasets.Dataset, *, replace: bool = True) -> dict[str, Any]:
-        """Store an uploaded dataset under its name (DatasetExists if taken and not `replace`)."""
+    def put(
+        self, data: datasets.Dataset, *, replace: bool = True, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Store an uploaded dataset under its name (DatasetExists if taken and not `replace`).
+
+        `extra` (JSON) joins its description, e.g. the `origin` of a dataset built from feedback.
+        """
         if data.name in datasets.BUILTIN_NAMES:
             raise DatasetExists(f"{data.name!r} is a built-in dataset name")
         arrays = {"x_train": data.x_train, "y_train": data.y_train}
@@ -39,6 +44,7 @@ class DatasetStore:
         blob = buf.getvalue()
         info = {
             **data.info(),
+            **(extra or {}),
             "stored_bytes": len(blob),
             "uploaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }

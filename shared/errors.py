@@ -63,6 +63,12 @@ class AliasNotFound(MnistError):
     status = 404
 
 
+class ShadowNotFound(MnistError):
+    """A model without a shadow version (clearing one)."""
+
+    status = 404
+
+
 class VersionInUse(MnistError):
     """Deleting a version that an alias still points at."""
 
@@ -110,3 +116,9 @@ class ServiceUnavailable(MnistError):
     """Redis is unreachable and nothing held in memory can answer."""
 
     status = 503
+
+
+class RolloutConflict(MnistError):
+    """A rollout decision the alias's state does not allow (no canary to promote, one already running)."""
+
+    status = 409

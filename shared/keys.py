@@ -36,6 +36,14 @@ class Keys:
         """Hash alias -> version number."""
         return f"{self.prefix}model:{model}:aliases"
 
+    def splits(self, model: str) -> str:
+        """Hash alias -> JSON {"4": 0.9, "5": 0.1} (weights sum to 1) of aliases naming several versions."""
+        return f"{self.prefix}model:{model}:splits"
+
+    def decisions(self, model: str) -> str:
+        """Stream of rollout decisions (canary, promote, rollback, split), trimmed to about 1,000."""
+        return f"{self.prefix}model:{model}:decisions"
+
     def blob(self, model: str, version: int) -> str:
         """String: the version's .npz bytes."""
         return f"{self.prefix}model:{model}:v{version}:blob"
@@ -81,3 +89,41 @@ class Keys:
     def dataset_blob(self, name: str) -> str:
         """String: an uploaded dataset as compressed .npz bytes."""
         return f"{self.prefix}dataset:{name}:blob"
+
+    # --- what the service saw (the prediction log, feedback, shadows) ----------------------------
+    def prediction_log(self, model: str) -> str:
+        """Stream of the model's logged predictions (MAXLEN ~ MNIST_LOG_MAXLEN), one entry per image.
+
+        Fields: ``id`` (request id; image i of a batch: ``<id>/<i>``), ``version``, ``label``
+        (predicted; decimal), ``kind`` (``live`` or ``shadow``), ``probabilities`` (10 float32
+        little-endian), ``pixels`` (784 uint8, row-major); the entry id (milliseconds) is the time.
+        """
+        return f"{self.prefix}model:{model}:predictions"
+
+    def prediction_index(self, model: str, generation: int) -> str:
+        """Hash request id -> "version label" of the live entries logged in one generation.
+
+        Two generations of MNIST_LOG_MAXLEN / 2 entries are kept: feedback finds its prediction
+        here, and an id older than both has expired.
+        """
+        return f"{self.prefix}model:{model}:predictions:index:{generation}"
+
+    def logged_count(self, model: str) -> str:
+        """Integer: live entries ever logged for the model (the index's generation is derived from it)."""
+        return f"{self.prefix}model:{model}:predictions:count"
+
+    def feedback_labels(self, model: str) -> str:
+        """Hash request id -> true label (decimal); trimmed with the index, so bounded the same way."""
+        return f"{self.prefix}model:{model}:feedback"
+
+    def version_stats(self, model: str, version: int) -> str:
+        """Hash of one version's counters.
+
+        requests, feedback, correct, confusion:<true>:<predicted>, shadow_compared, shadow_agreed,
+        and the live drift profile profile:<feature>:<bin>.
+        """
+        return f"{self.prefix}model:{model}:v{version}:stats"
+
+    def shadow(self, model: str) -> str:
+        """Hash `version`, `sample` (0-1) of the model's shadow version, when one is set."""
+        return f"{self.prefix}model:{model}:shadow"

@@ -2,7 +2,13 @@
 
 Every write that names a version is one Lua script, so a reader never sees a version number whose
 blob and record are not already stored, and every change is announced on `Keys.events()` as JSON
-``{"event": "published"|"alias"|"deleted", "model", "version", "alias"?, "previous"?}``.
+``{"event": "published"|"alias"|"deleted", "model", "version", "alias"?, "previous"?, "split"?}``.
+
+An alias names one version (the aliases hash) or several with weights, a traffic split
+(`shared.splits`): then the splits hash holds the weights and the aliases hash the split's
+primary version (its heaviest), so that whatever reads aliases alone (evaluation, V2 metadata,
+an older predictor) still finds one version there. A rollout decision is appended to the model's
+decisions stream by the same script that moves the alias.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import orjson
 import redis
 import redis.client
 
+from shared import splits as traffic
 from shared.errors import (
     AliasNotFound,
     CorruptModel,
     InvalidInput,
     ModelNotFound,
+    RolloutConflict,
     VersionInUse,
     VersionNotFound,
 )
@@ -34,13 +42,17 @@ from shared.spec import valid_name
 PRODUCTION = "production"
 #: Unaliased versions kept per model by default (see `Settings.retention`).
 DEFAULT_RETENTION = 20
+#: Rollout decisions kept per model (approximately: the stream is trimmed with MAXLEN ~).
+DECISIONS_MAXLEN = 1000
+#: Fields of a decision the caller gives; the registry adds `alias` and `split` (the state after).
+DECISION_FIELDS = ("action", "version", "reason", "actor")
 #: Bytes at the head of a stored record read to find its sha256 (`publish` writes the version,
 #: the model name, at most 64 characters, and the sha256 first: about 180 bytes).
 RECORD_HEAD_BYTES = 256
 _HEAD_SHA256 = re.compile(rb'^\{"version":\d+,"model":"[^"]*","sha256":"([0-9a-f]{64})"')
 
 # Status codes the scripts return instead of raising, mapped to domain errors by `_raise`.
-_OK, _NO_MODEL, _NO_VERSION, _NO_ALIAS, _IN_USE = 0, -1, -2, -3, -4
+_OK, _NO_MODEL, _NO_VERSION, _NO_ALIAS, _IN_USE, _CHANGED = 0, -1, -2, -3, -4, -5
 
 # Publish. KEYS: counter, versions, latest, models[, published]. ARGV: model, blob head, blob
 # tail, record head, record tail, blob, record JSON without its opening brace, channel.
@@ -64,7 +76,7 @@ redis.call('PUBLISH', ARGV[8], cjson.encode({event='published', model=ARGV[1], v
 return {v, 1}
 """
 
-# Shared by both deleting scripts. KEYS: versions, latest, models, aliases. ARGV: model,
+# Shared by both deleting scripts. KEYS: versions, latest, models, aliases, splits. ARGV: model,
 # blob head, blob tail, record head, record tail, channel, then script-specific arguments.
 # The name goes first and the data second, the reverse of publishing, for the same reason.
 _DROP = """
@@ -82,6 +94,9 @@ end
 local function aliased()
   local used = {}
   for _, x in ipairs(redis.call('HVALS', KEYS[4])) do used[x] = true end
+  for _, split in ipairs(redis.call('HVALS', KEYS[5])) do
+    for vs, _ in pairs(cjson.decode(split)) do used[vs] = true end
+  end
   return used
 end
 """
@@ -120,24 +135,70 @@ return gone
 """
 )
 
-# Set or move an alias. KEYS: versions, aliases, models. ARGV: model, alias, version, channel.
-_SET_ALIAS = """
+# The tail of both alias scripts' ARGV, from `first`: the alias's version and split expected now
+# ('*': whatever they are; '': none), then the decisions stream's MAXLEN and, when KEYS[5] (the
+# stream) is given, the decision's field/value pairs. `expected` runs before any write.
+_DECIDE = """
+local function expected(first)
+  if ARGV[first] == '*' then return true end
+  local alias = redis.call('HGET', KEYS[2], ARGV[2]) or ''
+  local split = redis.call('HGET', KEYS[4], ARGV[2]) or ''
+  return alias == ARGV[first] and split == ARGV[first + 1]
+end
+local function decide(first)
+  if not KEYS[5] then return end
+  local args = {'XADD', KEYS[5], 'MAXLEN', '~', ARGV[first + 2], '*'}
+  for i = first + 3, #ARGV do table.insert(args, ARGV[i]) end
+  redis.call(unpack(args))
+end
+"""
+
+# Set or move an alias to one version, clearing its split. KEYS: versions, aliases, models,
+# splits[, decisions]. ARGV: model, alias, version, channel, then the tail of _DECIDE.
+_SET_ALIAS = (
+    _DECIDE
+    + """
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return -1 end
 if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then return -2 end
+if not expected(5) then return -5 end
 local prev = redis.call('HGET', KEYS[2], ARGV[2])
-if prev == ARGV[3] then return 0 end
+local was_split = redis.call('HDEL', KEYS[4], ARGV[2]) == 1
+decide(5)
+if prev == ARGV[3] and not was_split then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('PUBLISH', ARGV[4], cjson.encode({event='alias', model=ARGV[1], alias=ARGV[2],
   version=tonumber(ARGV[3]), previous=prev and tonumber(prev) or cjson.null}))
 return 0
 """
+)
 
-# Remove an alias. KEYS: aliases, models. ARGV: model, alias, channel.
+# Make an alias a split. KEYS: versions, aliases, models, splits[, decisions]. ARGV: model,
+# alias, split JSON, primary version, channel, then the tail of _DECIDE. Returns {status, version}.
+_SET_SPLIT = (
+    _DECIDE
+    + """
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return {-1, 0} end
+for vs, _ in pairs(cjson.decode(ARGV[3])) do
+  if not redis.call('ZSCORE', KEYS[1], vs) then return {-2, tonumber(vs)} end
+end
+if not expected(6) then return {-5, 0} end
+local prev = redis.call('HGET', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+decide(6)
+redis.call('PUBLISH', ARGV[5], cjson.encode({event='alias', model=ARGV[1], alias=ARGV[2],
+  version=tonumber(ARGV[4]), previous=prev and tonumber(prev) or cjson.null, split=cjson.decode(ARGV[3])}))
+return {0, 0}
+"""
+)
+
+# Remove an alias and its split. KEYS: aliases, models, splits. ARGV: model, alias, channel.
 _DELETE_ALIAS = """
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return -1 end
 local prev = redis.call('HGET', KEYS[1], ARGV[2])
 if not prev then return -3 end
 redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('PUBLISH', ARGV[3], cjson.encode({event='alias', model=ARGV[1], alias=ARGV[2],
   version=cjson.null, previous=tonumber(prev)}))
 return 0
@@ -237,6 +298,7 @@ class Registry:
         self._delete = redis.register_script(_DELETE)
         self._retain = redis.register_script(_RETAIN)
         self._set_alias = redis.register_script(_SET_ALIAS)
+        self._set_split = redis.register_script(_SET_SPLIT)
         self._delete_alias = redis.register_script(_DELETE_ALIAS)
 
     # --- writing ---------------------------------------------------------------------------------
@@ -278,23 +340,89 @@ class Registry:
             self.apply_retention(model)
         return int(version)
 
-    def set_alias(self, model: str, alias: str, version: int) -> None:
-        """Point `alias` at `version`, creating or moving it (a rollback moves it back)."""
+    def set_alias(
+        self,
+        model: str,
+        alias: str,
+        version: int,
+        *,
+        decision: dict[str, Any] | None = None,
+        expect: dict[int, float] | None = None,
+    ) -> None:
+        """Point `alias` at `version` alone, creating or moving it and clearing its split.
+
+        With `decision` ({action, version, reason, actor}), append it to the model's decisions in
+        the same script. With `expect` (the alias's split now: {} unset, {v: 1.0} one version),
+        move it only if that is still so, else RolloutConflict: a decision taken on what was read.
+        """
         check_name(model)
         check_name(alias, "alias")
         check_version(version)
-        status = self._set_alias(
-            keys=[self.keys.versions(model), self.keys.aliases(model), self.keys.models()],
-            args=[model, alias, version, self.keys.events()],
-        )
+        keys, tail = self._decision_parts(model, alias, {version: 1.0}, decision, expect)
+        status = self._set_alias(keys=keys, args=[model, alias, version, self.keys.events(), *tail])
         self._raise(status, model, version=version, alias=alias)
+
+    def set_split(
+        self,
+        model: str,
+        alias: str,
+        weights: dict[Any, Any],
+        *,
+        decision: dict[str, Any] | None = None,
+        expect: dict[int, float] | None = None,
+    ) -> dict[int, float]:
+        """Make `alias` a traffic split {version: weight}, normalised and returned (one version: plain).
+
+        Every version must exist; the weights are checked by `shared.splits.normalize`.
+        `decision` and `expect` as for `set_alias`.
+        """
+        check_name(model)
+        check_name(alias, "alias")
+        split = traffic.normalize(weights)
+        if len(split) == 1:
+            self.set_alias(model, alias, next(iter(split)), decision=decision, expect=expect)
+            return split
+        keys, tail = self._decision_parts(model, alias, split, decision, expect)
+        primary = traffic.primary(split)
+        status, missing = self._set_split(
+            keys=keys,
+            args=[model, alias, orjson.dumps(traffic.to_json(split)), primary, self.keys.events(), *tail],
+        )
+        self._raise(int(status), model, version=int(missing), alias=alias)
+        return split
+
+    def _decision_parts(
+        self,
+        model: str,
+        alias: str,
+        split: dict[int, float],
+        decision: dict[str, Any] | None,
+        expect: dict[int, float] | None,
+    ) -> tuple[list[str], list[Any]]:
+        """Return the KEYS of the alias scripts, and the ARGV tail: `expect`, and `decision` (if any)."""
+        keys = [self.keys.versions(model), self.keys.aliases(model), self.keys.models()]
+        keys.append(self.keys.splits(model))
+        if expect is None:
+            tail: list[Any] = ["*", ""]
+        elif len(expect) > 1:  # as the script stores it: the same bytes
+            tail = [traffic.primary(expect), orjson.dumps(traffic.to_json(expect))]
+        else:
+            tail = [next(iter(expect), ""), ""]
+        tail.append(DECISIONS_MAXLEN)
+        if decision is None:
+            return keys, tail
+        fields: dict[str, Any] = {f: decision.get(f) for f in DECISION_FIELDS}
+        fields.update(alias=alias, split=orjson.dumps(traffic.to_json(split)).decode())
+        for name, value in fields.items():
+            tail += [name, "" if value is None else str(value)]
+        return [*keys, self.keys.decisions(model)], tail
 
     def delete_alias(self, model: str, alias: str) -> None:
         """Remove `alias`; the version it named stays."""
         check_name(model)
         check_name(alias, "alias")
         status = self._delete_alias(
-            keys=[self.keys.aliases(model), self.keys.models()],
+            keys=[self.keys.aliases(model), self.keys.models(), self.keys.splits(model)],
             args=[model, alias, self.keys.events()],
         )
         self._raise(status, model, alias=alias)
@@ -428,14 +556,57 @@ class Registry:
 
     def aliases(self, model: str) -> dict[str, int]:
         """Return the model's aliases as alias -> version."""
+        return self.routes(model)[0]
+
+    def splits(self, model: str) -> dict[str, dict[int, float]]:
+        """Return the model's traffic splits as alias -> {version: weight}."""
+        return self.routes(model)[1]
+
+    def routes(self, model: str) -> tuple[dict[str, int], dict[str, dict[int, float]]]:
+        """Return the model's aliases (a split's primary for a split) and its splits, read at once."""
         check_name(model)
         pipe = self.redis.pipeline()
         pipe.sismember(self.keys.models(), model)
         pipe.hgetall(self.keys.aliases(model))
-        known, raw = pipe.execute()
+        pipe.hgetall(self.keys.splits(model))
+        known, raw_aliases, raw_splits = pipe.execute()
         if not known:
             raise ModelNotFound(f"model {model!r} has no published version")
-        return {_text(a): int(v) for a, v in sorted(raw.items())}
+        aliases = {_text(a): int(v) for a, v in sorted(raw_aliases.items())}
+        found = {}
+        for alias, raw in sorted(raw_splits.items()):
+            try:
+                found[_text(alias)] = traffic.from_json(orjson.loads(raw))
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                continue  # not written by set_split: the alias's primary serves alone
+        return aliases, found
+
+    def decisions(self, model: str, count: int = 20) -> list[dict[str, Any]]:
+        """Return the model's last `count` rollout decisions, newest first, each with its id and time."""
+        check_name(model)
+        entries = self.redis.xrevrange(self.keys.decisions(model), count=count)
+        found = []
+        for entry_id, raw in cast("list[tuple[bytes, dict[bytes, bytes]]]", entries):
+            fields = {_text(k): _text(v) for k, v in raw.items()}
+            millis = int(_text(entry_id).partition("-")[0])
+            try:
+                split = traffic.from_json(orjson.loads(fields.get("split") or "{}"))
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                split = {}
+            version = fields.get("version", "")
+            found.append(
+                {
+                    "id": _text(entry_id),
+                    "time": datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds"),
+                    "action": fields.get("action", ""),
+                    "version": int(version) if version.isdigit() else None,
+                    "alias": fields.get("alias", ""),
+                    "reason": fields.get("reason", ""),
+                    "actor": fields.get("actor", ""),
+                    "split": traffic.to_json(split),
+                }
+            )
+        return found
 
     def published_by(self, job_id: str) -> int | None:
         """Return the version a training job published, or None if it has not."""
@@ -462,6 +633,7 @@ class Registry:
             self.keys.latest(model),
             self.keys.models(),
             self.keys.aliases(model),
+            self.keys.splits(model),
         ]
 
     def _require_model(self, model: str) -> None:
@@ -493,3 +665,5 @@ class Registry:
             raise AliasNotFound(f"model {model!r} has no alias {alias!r}")
         if status == _IN_USE:
             raise VersionInUse(f"{model} v{version} is aliased: move or delete the alias first")
+        if status == _CHANGED:
+            raise RolloutConflict(f"{model}: alias {alias!r} changed meanwhile: read it again, then decide")

@@ -71,8 +71,8 @@ def model_from_bytes(data: bytes, name: str = "model") -> tuple[list[np.ndarray]
         raise InvalidInput(f"{name}: no 'meta' JSON string")
     try:
         meta = json.loads(str(meta_raw))
-    except ValueError as exc:
-        raise InvalidInput(f"{name}: 'meta' is not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
+        raise InvalidInput(f"{name}: 'meta' is not JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(meta, dict):
         raise InvalidInput(f"{name}: 'meta' is not a JSON object")
     layers = len(arrays) // 2

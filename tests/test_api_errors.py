@@ -247,6 +247,8 @@ def test_a_name_with_a_trailing_newline_is_refused(live: Live, method: str, rule
     body, content_type = BODIES.get(method, (None, "application/json"))
     if rule == "/v1/datasets/<name>" and method == "POST":
         body, content_type = b"label,pixel0\n", "text/csv"
+    elif rule.endswith("/from-feedback"):
+        body = b'{"model": "mnist"}'
     elif rule.endswith(":predict"):  # a valid prediction: only the name is wrong
         body = json.dumps({"instances": [[0] * 784]}).encode()
     elif rule.endswith("/infer"):
@@ -271,6 +273,8 @@ def test_a_name_with_a_trailing_newline_is_refused(live: Live, method: str, rule
         ("/v1/jobs", {"model": "mnist\n", "dataset": "mnist-sample"}, "model"),
         ("/v1/jobs", {"dataset": "mnist-sample\n"}, "dataset"),
         ("/v1/models/mnist/versions/1:evaluate", {"dataset": "mnist-sample\n"}, "dataset"),
+        ("/v1/datasets/fb/from-feedback", {"model": "mnist\n"}, "model"),
+        ("/v1/datasets/fb/from-feedback", {"model": "mnist", "merge": "mnist-sample\n"}, "merge"),
     ],
 )
 def test_a_name_with_a_trailing_newline_in_a_body_is_refused(

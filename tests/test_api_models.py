@@ -90,7 +90,13 @@ def test_aliases_create_move_rollback_delete(live: Live, registry: Registry) -> 
     auth = live.auth
     r = live.put("/v1/models/aliased/aliases/production", json={"version": v1}, headers=auth)
     assert r.status_code == 200
-    assert r.json() == {"model": "aliased", "alias": "production", "version": v1, "previous": None}
+    assert r.json() == {
+        "model": "aliased",
+        "alias": "production",
+        "version": v1,
+        "previous": None,
+        "split": None,
+    }
     model = live.get("/v1/models/aliased").json()
     assert model["aliases"] == {"production": v1}
     assert [v["aliases"] for v in model["versions"]] == [["production"], []]

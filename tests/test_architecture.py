@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The pure numerical core and the modules it may use.
-PURE = ("shared/mlp.py", "shared/training.py", "shared/augment.py")
+PURE = ("shared/mlp.py", "shared/training.py", "shared/augment.py", "shared/drift.py")
 #: What the pure core may import: NumPy, the standard library (but not logging), and itself.
 PURE_ALLOWED = {"numpy", "shared.mlp", "shared.training", "shared.augment", "shared.spec"}
 

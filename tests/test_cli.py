@@ -146,6 +146,8 @@ TOKEN_CASES = [
     (["jobs", "cancel", "id"], {"MNIST_PREDICT_TOKEN": "p"}, None),  # a write: never the predict token
     (["alias", "set", "production", "1"], {"MNIST_API_TOKEN": "w", "MNIST_PREDICT_TOKEN": "p"}, "w"),
     (["train", "--url", "http://h", "--token", "t"], {"MNIST_API_TOKEN": "w"}, "t"),
+    (["datasets", "from-feedback", "d"], {"MNIST_API_TOKEN": "w", "MNIST_PREDICT_TOKEN": "p"}, "w"),
+    (["datasets", "from-feedback", "d"], {"MNIST_PREDICT_TOKEN": "p"}, None),  # a write
 ]
 
 
@@ -167,6 +169,7 @@ def test_each_command_chooses_the_token_of_what_it_calls(
         assert token_of(args, PREDICT) == sent
         return
     writes = args.command in ("alias", "train") or getattr(args, "jobs_action", None) == "cancel"
+    writes = writes or getattr(args, "datasets_action", None) == "from-feedback"
     with client_of(args, WRITE if writes else READ) as client:
         assert client._token(WRITE if writes else READ) == sent
         assert client._token(PREDICT) != "w"  # $MNIST_API_TOKEN never goes to a prediction

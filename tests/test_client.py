@@ -55,7 +55,13 @@ def test_models_model_version_and_weights(stack: Stack, client: Client) -> None:
 
 def test_set_and_delete_alias(stack: Stack, client: Client) -> None:
     answer = client.set_alias("mnist", "staging", stack.version)
-    assert answer == {"model": "mnist", "alias": "staging", "version": stack.version, "previous": None}
+    assert answer == {
+        "model": "mnist",
+        "alias": "staging",
+        "version": stack.version,
+        "previous": None,
+        "split": None,
+    }
     assert client.model("mnist")["aliases"] == {"staging": stack.version}
     client.delete_alias("mnist", "staging")
     assert client.model("mnist")["aliases"] == {}

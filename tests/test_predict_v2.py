@@ -155,7 +155,9 @@ def test_infer_28x28_and_unit_range_over_plain_http(live: Live) -> None:
     r = live.post("/v2/models/digits/infer", orjson.dumps(request))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert "id" not in body and [o["name"] for o in body["outputs"]] == ["label"]
+    # No id in the request: the answer names a generated one, the same as its X-Request-Id.
+    assert body["id"] == r.headers["X-Request-Id"] and len(body["id"]) == 32
+    assert [o["name"] for o in body["outputs"]] == ["label"]
     assert body["outputs"][0] == {
         "name": "label", "datatype": "INT64", "shape": [6], "data": expected(1).argmax(axis=1).tolist()
     }  # fmt: skip

@@ -89,7 +89,14 @@ def test_the_predictor_role_serves_on_the_documented_read_rights(
     registry.publish("mnist", label_blob(2, label=2), {})
     registry.set_alias("mnist", "staging", 1)
     url = user_url(db, "predictor", passwords["predictor"])
-    app = create_app({"redis_url": url, "role": "predictor", "env": "development", "poll_interval": 0.2})
+    config = {
+        "redis_url": url,
+        "role": "predictor",
+        "env": "development",
+        "poll_interval": 0.2,
+        "log_sample": 1.0,
+    }
+    app = create_app(config)
     http = app.test_client()
     try:
         answers = {
@@ -120,6 +127,17 @@ def test_the_predictor_role_serves_on_the_documented_read_rights(
             time.sleep(0.05)
         assert answer["model_version"] == 3
         app.extensions[EXTENSION].predictions.cache.refresh()  # a poll's reads too
+        # The recorder's writes (log, index, counters) and feedback are the predictor's too.
+        labels = {"labels": [{"request_id": answer["request_id"], "label": 3}]}
+        deadline = time.monotonic() + RELOAD_BOUND
+        counted = {}
+        while time.monotonic() < deadline:  # unknown until the recorder has written the answer
+            counted = http.post("/v1/models/mnist/feedback", json=labels).get_json()
+            if counted["unknown"] == 0:
+                break
+            time.sleep(0.05)
+        assert counted == {"accepted": 1, "unknown": 0, "repeated": 0}
+        assert admin.xlen(Keys().prediction_log("mnist")) >= 4
         assert denied(admin) == []  # nothing the predictor did needed more than it has
     finally:
         app.extensions[EXTENSION].predictions.stop()

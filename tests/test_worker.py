@@ -9,6 +9,7 @@ make the run times unpredictable; one thread per worker is also what docs/worker
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import statistics
@@ -22,6 +23,7 @@ import redis
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from shared import datasets, drift
 from shared.config import Settings
 from shared.errors import ModelNotFound
 from shared.jobs import Jobs, JobState
@@ -147,6 +149,21 @@ def assert_published_once(stack: Stack, job_id: str) -> int:
     assert record.metadata["job_id"] == job_id
     assert stack.registry.published_by(job_id) == record.version
     return record.version
+
+
+# --- what a job publishes -----------------------------------------------------------------------
+def test_a_published_version_carries_its_training_sets_drift_profile(stack: Stack) -> None:
+    stack.start()
+    view = stack.wait_ended(stack.submit(TINY).id)
+    assert view["status"] == "finished", view
+    record = stack.registry.record("mnist", view["result"]["version"])
+    data = datasets.load("mnist-sample")
+    # The reference of drift: the whole training split with its true labels, as JSON ints.
+    assert record.metadata["profile"] == drift.profile(data.x_train, data.y_train)
+    assert drift.check(record.metadata["profile"]) == record.metadata["profile"]
+    metrics = record.metadata["metrics"]
+    assert drift.count(record.metadata["profile"]) == metrics["train_size"] + metrics["val_size"]
+    assert len(json.dumps(record.metadata["profile"])) < 400  # 50 ints: a small part of the record
 
 
 # --- a worker dies ------------------------------------------------------------------------------

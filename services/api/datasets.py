@@ -16,13 +16,13 @@ from typing import Any
 from flask import request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from services.api.schemas import DatasetSchema, UploadQuerySchema
+from services.api.schemas import DatasetSchema, FromFeedbackSchema, UploadQuerySchema
 from services.web.auth import read_access, write_access
 from services.web.blueprint import LOCATION, VALIDATION_STATUS, Blueprint
 from services.web.bodies import request_body
 from services.web.context import services
-from shared import datasets
-from shared.errors import DatasetExists, InvalidInput, PayloadTooLarge
+from shared import datasets, feedback_dataset
+from shared.errors import DatasetExists, DatasetNotFound, InvalidInput, ModelNotFound, PayloadTooLarge
 from shared.formats import kinds
 from shared.registry import check_name
 
@@ -40,6 +40,25 @@ _ONE_UPLOAD_AT_A_TIME = threading.Lock()
 
 def _check(name: str) -> str:
     return check_name(name, "dataset")
+
+
+def _check_free(name: str) -> None:
+    """Raise DatasetExists when `name` is built in or already stored."""
+    if name in datasets.BUILTIN_NAMES:
+        raise DatasetExists(f"{name!r} is a built-in dataset name: choose another")
+    if services().datasets.exists(name):
+        raise DatasetExists(f"a dataset named {name!r} is already uploaded: delete it first")
+
+
+def _images(name: str) -> int:
+    """Return how many images (train and test) dataset `name` holds, from its description alone."""
+    for entry in datasets.catalogue():
+        if entry["name"] == name:
+            if not entry["available"]:
+                raise DatasetNotFound(f"the built-in dataset {name!r} is {entry['how_to_get']}")
+            return int(entry["train_size"]) + int(entry["test_size"])
+    info = services().datasets.info(name)  # DatasetNotFound
+    return int(info["train_size"]) + int(info["test_size"])
 
 
 def _builtin(entry: dict[str, Any]) -> dict[str, Any]:
@@ -145,10 +164,7 @@ def upload(query: dict[str, Any], name: str) -> tuple[dict[str, Any], int, dict[
     """Upload an NPZ, a CSV, or a zip/tar of IDX files as dataset `name`."""
     _check(name)
     store = services().datasets
-    if name in datasets.BUILTIN_NAMES:
-        raise DatasetExists(f"{name!r} is a built-in dataset name: choose another")
-    if store.exists(name):
-        raise DatasetExists(f"a dataset named {name!r} is already uploaded: delete it first")
+    _check_free(name)
     # Only now is the body read: a refused upload is not read at all.
     data, filename = _read_upload(services().settings.max_dataset_bytes)
     if not data:
@@ -158,6 +174,46 @@ def upload(query: dict[str, Any], name: str) -> tuple[dict[str, Any], int, dict[
         parsed = datasets.parse_bytes(name, data, kind, services().settings.max_dataset_bytes)
         info = store.put(parsed, replace=False)
         del parsed  # freed before the next upload is read
+    return _uploaded(info), 201, {"Location": url_for("datasets.get_dataset", name=name)}
+
+
+@blp.route("/<name>/from-feedback", methods=["POST"])
+@write_access(blp)
+@blp.arguments(FromFeedbackSchema, error_status_code=VALIDATION_STATUS, description="the log to read")
+@blp.response(
+    201, DatasetSchema, description="stored; jobs train on it by name", headers={"Location": LOCATION}
+)
+@blp.alt_response(400, response="BAD_REQUEST", description="no logged live prediction has a feedback label")
+@blp.alt_response(404, response="NOT_FOUND", description="an unknown model, or merge dataset")
+@blp.alt_response(409, response="CONFLICT", description="a built-in or already stored name")
+@blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE", description="above MNIST_MAX_DATASET_BYTES")
+@blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
+def from_feedback(body: dict[str, Any], name: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Store dataset `name`: the model's logged live images with their feedback labels, merged if asked."""
+    _check(name)
+    _check_free(name)
+    ctx = services()
+    model, version, merge = body["model"], body["version"], body["merge"]
+    # The limit of an upload, counted as it inflates (a byte per pixel and per label), before a
+    # byte of the log is read: the merged dataset's images first, the log's fill the rest.
+    room = ctx.settings.max_dataset_bytes // feedback_dataset.IMAGE_BYTES - (_images(merge) if merge else 0)
+    if room <= 0:
+        raise PayloadTooLarge(f"{merge!r} alone fills MNIST_MAX_DATASET_BYTES: merge a smaller dataset")
+    with _ONE_UPLOAD_AT_A_TIME:
+        found = feedback_dataset.read(ctx.redis, ctx.keys, model, version=version, max_images=room)
+        if not len(found.labels):
+            if ctx.registry.latest(model) is None:
+                raise ModelNotFound(f"model {model!r} has no published version")
+            which = f"{model} v{version}" if version is not None else model
+            raise InvalidInput(
+                f"no logged live prediction of {which} has a feedback label (read {found.scanned:,} log"
+                " entries): log predictions (MNIST_LOG_SAMPLE) and POST their true labels first"
+            )
+        merged = datasets.load(merge, uploaded=ctx.datasets.get, allow_paths=False) if merge else None
+        data, origin = feedback_dataset.build(name, found, model=model, version=version, merge=merged)
+        del found, merged
+        info = ctx.datasets.put(data, replace=False, extra={"origin": origin})
+        del data  # freed before the next upload is read
     return _uploaded(info), 201, {"Location": url_for("datasets.get_dataset", name=name)}
 
 

@@ -7,11 +7,23 @@ document and what a view returns: fields not declared here are not sent.
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shared.datasets import UPLOAD_KINDS
 from shared.jobs import JobState
 from shared.schemas import TrainingSpecSchema, name_field
+from shared.splits import MAX_VERSIONS
+
+#: Longest reason a rollout decision records (characters).
+MAX_REASON = 500
+
+
+def split_field(**kwargs: Any) -> fields.Dict:
+    """Return the field of a split as shown: {"4": 0.9, "5": 0.1}."""
+    return fields.Dict(keys=fields.String(), values=fields.Float(), **kwargs)
+
 
 #: Most jobs one `GET /v1/jobs` returns.
 MAX_JOB_LIST = 500
@@ -110,11 +122,22 @@ class VersionSummarySchema(Schema):
 class ModelSchema(Schema):
     name = fields.String()
     latest = fields.Integer(allow_none=True)
-    aliases = fields.Dict(keys=fields.String(), values=fields.Integer())
+    aliases = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={"description": "a split's alias: its primary"},
+    )
+    splits = fields.Dict(
+        keys=fields.String(),
+        values=split_field(),
+        metadata={"description": "aliases naming several versions: alias -> {version: weight}"},
+    )
     versions = fields.List(fields.Nested(VersionSummarySchema), metadata={"description": "oldest first"})
 
 
 class LineageSchema(Schema):
+    source = fields.String(allow_none=True, metadata={"description": "job (trained here) or import"})
+    sha256 = fields.String(allow_none=True, metadata={"description": "an import: the uploaded file's sha256"})
     job_id = fields.String(allow_none=True)
     dataset = fields.Nested(DatasetRefSchema, allow_none=True)
     recipe = fields.String(allow_none=True)
@@ -134,17 +157,111 @@ class AliasBodySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    version = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    version = fields.Integer(
+        strict=True, validate=validate.Range(min=1), metadata={"description": "one version"}
+    )
+    versions = fields.Dict(
+        keys=fields.String(),
+        values=fields.Raw(),
+        metadata={
+            "description": f"or a traffic split {{version: weight}}: 1 to {MAX_VERSIONS} versions,"
+            " weights > 0, normalised to sum to 1",
+            "example": {"4": 0.9, "5": 0.1},
+        },
+    )
+    reason = fields.String(
+        validate=validate.Length(max=MAX_REASON),
+        metadata={"description": "a split: why, for the decision log"},
+    )
+
+    @validates_schema
+    def _one_of(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("version" in data) == ("versions" in data):
+            raise ValidationError('send "version" (one version) or "versions" (a split)', "_schema")
 
 
 class AliasSchema(Schema):
     model = fields.String()
     alias = fields.String()
-    version = fields.Integer()
+    version = fields.Integer(metadata={"description": "the version (a split: its primary, the heaviest)"})
     previous = fields.Integer(allow_none=True, metadata={"description": "where the alias pointed before"})
+    split = split_field(allow_none=True, metadata={"description": "{version: weight}, or null"})
+
+
+class ImportQuerySchema(Schema):
+    alias = fields.String(
+        validate=name_field, metadata={"description": "also point this alias at the version"}
+    )
+
+
+# --- rollouts ---------------------------------------------------------------------------------
+
+#: Most decisions one `GET …/rollout` returns.
+MAX_DECISIONS = 200
+
+
+class RolloutBodySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    action = fields.String(required=True, validate=validate.OneOf(["canary", "promote", "rollback"]))
+    version = fields.Integer(strict=True, metadata={"description": "canary: the version that gets `weight`"})
+    weight = fields.Float(metadata={"description": "canary: its share of the traffic, 0 < weight < 1"})
+    alias = fields.String(
+        load_default="production", validate=name_field, metadata={"description": "the alias rolled out"}
+    )
+    reason = fields.String(
+        load_default="",
+        validate=validate.Length(max=MAX_REASON),
+        metadata={"description": "why, for the log"},
+    )
+
+
+class RolloutQuerySchema(Schema):
+    alias = fields.String(load_default="production", validate=name_field)
+    limit = fields.Integer(
+        load_default=20, validate=validate.Range(1, MAX_DECISIONS), metadata={"description": "most decisions"}
+    )
+
+
+class CanarySchema(Schema):
+    version = fields.Integer()
+    weight = fields.Float(metadata={"description": "its share of the alias's traffic"})
+    base = fields.Integer(metadata={"description": "the version serving the rest"})
+
+
+class DecisionSchema(Schema):
+    id = fields.String(metadata={"description": "the stream entry's id"})
+    time = fields.String()
+    action = fields.String(metadata={"description": "canary, promote, rollback or split"})
+    version = fields.Integer(allow_none=True)
+    alias = fields.String()
+    reason = fields.String()
+    actor = fields.String(metadata={"description": "api or rule"})
+    split = split_field(metadata={"description": "the alias's split after the decision"})
+
+
+class RolloutSchema(Schema):
+    model = fields.String()
+    alias = fields.String()
+    split = split_field(metadata={"description": "{version: weight} now; {} if the alias is not set"})
+    canary = fields.Nested(CanarySchema, allow_none=True)
+    decisions = fields.List(
+        fields.Nested(DecisionSchema), metadata={"description": "newest first, every alias"}
+    )
 
 
 # --- datasets ---------------------------------------------------------------------------------
+
+
+class DatasetOriginSchema(Schema):
+    kind = fields.String(metadata={"description": "feedback: built from logged predictions' feedback labels"})
+    model = fields.String()
+    version = fields.Integer(allow_none=True, metadata={"description": "null: every version's"})
+    merged = fields.String(allow_none=True, metadata={"description": "the dataset merged in, if any"})
+    feedback_images = fields.Integer(metadata={"description": "images taken from the log"})
+    scanned = fields.Integer(metadata={"description": "log entries read"})
+    skipped = fields.Integer(metadata={"description": "labelled entries that could not be read"})
 
 
 class DatasetSchema(Schema):
@@ -160,7 +277,34 @@ class DatasetSchema(Schema):
     source = fields.String()
     stored_bytes = fields.Integer(metadata={"description": "compressed size in Redis (uploads)"})
     uploaded_at = fields.String()
+    origin = fields.Nested(
+        DatasetOriginSchema, metadata={"description": "how it was built, when not uploaded"}
+    )
     how_to_get = fields.String(metadata={"description": "when a built-in is not available"})
+
+
+class FromFeedbackSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    model = fields.String(
+        required=True, validate=name_field, metadata={"description": "the model whose log is read"}
+    )
+    version = fields.Integer(
+        load_default=None,
+        allow_none=True,
+        strict=True,
+        validate=validate.Range(min=1),
+        metadata={"description": "only this version's predictions (null: every version's)"},
+    )
+    merge = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=name_field,
+        metadata={
+            "description": "a built-in or uploaded dataset whose images join (and whose test split is kept)"
+        },
+    )
 
 
 class UploadQuerySchema(Schema):

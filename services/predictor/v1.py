@@ -24,6 +24,8 @@ from services.web.blueprint import Blueprint, documented_only
 from services.web.bodies import request_body
 from services.web.context import services
 from services.web.errors import error_docs
+from services.web.request_ids import echo, request_id
+from services.web.routing import routing_key
 from shared import mlp
 from shared.errors import InvalidInput, UnsupportedMediaType
 
@@ -74,6 +76,9 @@ class PredictionSchema(Schema):
 class PredictResponseSchema(Schema):
     model = fields.String()
     model_version = fields.Integer(metadata={"description": "the version that answered"})
+    request_id = fields.String(
+        metadata={"description": "the id of X-Request-Id; feedback names it (image i: <id>/<i>)"}
+    )
     predictions = fields.List(fields.Nested(PredictionSchema))
 
 
@@ -138,6 +143,10 @@ ANSWER_DOC = {
 }
 
 
+# Every answer of these routes, errors included, names its request id.
+blp.after_request(echo)
+
+
 #: The predict routes' OpenAPI description, without flask-smorest's wrappers on the hottest routes
 #: (the views return finished Responses).
 _documented = documented_only(
@@ -179,7 +188,9 @@ def _predict(model: str, version: int | None = None, alias: str | None = None) -
     npy_answer = wants_npy()
     if npy_answer and top_k is not None:
         raise InvalidInput("top_k applies to JSON answers: an .npy answer holds every probability")
-    answer = svc.predictions.predict(model, pixels, version=version, alias=alias)
+    answer = svc.predictions.predict(
+        model, pixels, version=version, alias=alias, routing_key=routing_key(), request_id=request_id()
+    )
     if npy_answer:
         return render_npy(answer)
     return Response(render(answer, top_k), content_type="application/json")
@@ -272,5 +283,10 @@ def render(answer: Prediction, top_k: int | None) -> bytes:
             }
             for lab, row, ks, ps in zip(labels, probs, order.tolist(), best, strict=True)
         ]
-    payload = {"model": answer.model, "model_version": answer.version, "predictions": predictions}
+    payload = {
+        "model": answer.model,
+        "model_version": answer.version,
+        "request_id": answer.request_id,
+        "predictions": predictions,
+    }
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -31,6 +31,8 @@ from services.web.bodies import request_body
 from services.web.context import services
 from services.web.errors import error_docs
 from services.web.health import readiness
+from services.web.request_ids import echo, request_id
+from services.web.routing import routing_key
 from shared import __version__ as VERSION
 from shared import mlp
 from shared.errors import InvalidInput, ServiceUnavailable
@@ -227,6 +229,16 @@ def infer_version(model: str, version: int) -> Response:
     return _infer(model, version)
 
 
+#: The routes whose answers, errors included, name their request id.
+INFER_ENDPOINTS = frozenset({f"{blp.name}.infer", f"{blp.name}.infer_version"})
+
+
+@blp.after_request
+def _request_id(response: Response) -> Response:
+    """Name the request's id in X-Request-Id on the infer routes' answers."""
+    return echo(response) if request.endpoint in INFER_ENDPOINTS else response
+
+
 @blp.after_app_request
 def _error_key(response: Response) -> Response:
     """Give every /v2 error V2's ``error`` key, beside the service's usual fields."""
@@ -282,8 +294,8 @@ def _infer(model: str, version: int | None) -> Response:
     unknown = sorted(set(body) - set(REQUEST_FIELDS))
     if unknown:
         raise InvalidInput(f"unknown fields {unknown}: an inference request has {list(REQUEST_FIELDS)}")
-    request_id = body.get("id")
-    if request_id is not None and not isinstance(request_id, str):
+    given = body.get("id")
+    if given is not None and not isinstance(given, str):
         raise InvalidInput("id must be a string")
     params = _parameters(body.get("parameters"), "the request's parameters")
     inputs = body.get("inputs")
@@ -293,8 +305,10 @@ def _infer(model: str, version: int | None) -> Response:
     if used != len(binary):
         raise InvalidInput(f"the body carries {len(binary)} bytes of binary data; the inputs declare {used}")
     outputs = _requested_outputs(body.get("outputs"), params)
-    answer = svc.predictions.predict(model, pixels, version=version)
-    return _respond(answer, request_id, outputs)
+    answer = svc.predictions.predict(
+        model, pixels, version=version, routing_key=routing_key(), request_id=request_id(given)
+    )
+    return _respond(answer, outputs)
 
 
 def _split(body: bytes) -> tuple[bytes, memoryview]:
@@ -382,7 +396,7 @@ def _requested_outputs(outputs: object, params: dict[str, Any]) -> list[tuple[st
     return chosen
 
 
-def _respond(answer: Prediction, request_id: str | None, outputs: list[tuple[str, bool]]) -> Response:
+def _respond(answer: Prediction, outputs: list[tuple[str, bool]]) -> Response:
     """Return the inference response: JSON, or JSON then raw tensors when any output is binary."""
     tensors = {"probabilities": answer.probabilities, "label": answer.labels}
     described: list[dict[str, Any]] = []
@@ -398,10 +412,12 @@ def _respond(answer: Prediction, request_id: str | None, outputs: list[tuple[str
         else:
             entry["data"] = array.ravel()
         described.append(entry)
-    payload: dict[str, Any] = {"model_name": answer.model, "model_version": str(answer.version)}
-    if request_id is not None:
-        payload["id"] = request_id
-    payload["outputs"] = described
+    payload: dict[str, Any] = {
+        "model_name": answer.model,
+        "model_version": str(answer.version),
+        "id": answer.request_id,
+        "outputs": described,
+    }
     header = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return Response(header, content_type="application/json")

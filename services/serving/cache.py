@@ -3,6 +3,10 @@
 - Un-pinned requests (no version, no alias) get the model's *default*: the `production` alias
   when set, else the latest version. It is answered from memory, without a Redis round trip;
   the first request of a model loads it synchronously.
+- An alias may be a traffic split (`shared.splits`): `route` picks the version of each request
+  from the weights held in memory (sticky by routing key, else random), never asking Redis.
+  Every version of the default's split is loaded, checked and warmed up before the split
+  serves; `get` (metadata, evaluation) answers with the split's primary.
 - Pinned versions load on first use and stay, least recently used first out
   (`Settings.model_cache_size` of them). Alias routes read an alias → version map that events
   and polls keep fresh; when Redis is away the map held in memory answers.
@@ -41,6 +45,7 @@ import redis
 
 from services.serving.metrics import MODEL_VERSION, RELOAD_SECONDS, RELOADS
 from shared import mlp, serialization
+from shared import shadow as shadows
 from shared.config import Settings
 from shared.errors import (
     AliasNotFound,
@@ -49,7 +54,8 @@ from shared.errors import (
     MnistError,
     ServiceUnavailable,
 )
-from shared.registry import Registry, check_name, check_version, parse_event
+from shared.registry import PRODUCTION, Registry, check_name, check_version, parse_event
+from shared.splits import Router
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +170,10 @@ class ModelCache:
         self._defaults: dict[str, LoadedModel] = {}
         self._pinned: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._aliases: dict[str, dict[str, int]] = {}
+        self._splits: dict[str, dict[str, Router]] = {}  # model -> split alias -> its versions' numbers
+        self._routes: dict[str, Router] = {}  # model -> its default's split, over LoadedModels
         self._followed: set[tuple[str, str]] = set()  # (model, alias) pairs requests used
+        self._shadows: dict[str, shadows.Shadow | None] = {}  # model -> its shadow, as last read
         self._errors: dict[str, str] = {}  # model -> why its default could not move
         self._refused: dict[tuple[str, int], tuple[float, str]] = {}  # -> (monotonic time, why)
         self._registry_error: str | None = None
@@ -202,13 +211,42 @@ class ModelCache:
                     raise ServiceUnavailable(_UNREACHABLE.format(model=model, exc=exc)) from None
         return loaded
 
+    def route(self, model: str, alias: str | None = None, routing_key: str | None = None) -> LoadedModel:
+        """Return the version a request answers with: `alias`'s or the default's, picked from a split.
+
+        The pick is sticky for one `routing_key` (None: random); nothing is read from Redis once
+        the model (and the alias) are held. Raises as `get` does.
+        """
+        if alias is None:
+            router = self._routes.get(model)  # the hot path: dict reads and a hash
+            if router is not None:
+                return router.pick(model, routing_key)
+            loaded = self.get(model)
+            router = self._routes.get(model)  # the first load may have found a split
+            return loaded if router is None else router.pick(model, routing_key)
+        version = self._alias_version(model, alias)
+        split = self._splits.get(model, {}).get(alias)
+        if split is not None:
+            version = split.pick(model, routing_key)
+        return self._version(model, version)
+
+    def shadow(self, model: str) -> shadows.Shadow | None:
+        """Return the model's shadow as last read (None until the next poll for a model new here)."""
+        found = self._shadows.get(model)
+        if found is None and model not in self._shadows:
+            self._shadows[model] = None  # followed from now on: the poll and events read it
+        return found
+
     def held(self, model: str) -> list[int]:
-        """Return the versions of `model` held in memory (default and pinned), sorted."""
+        """Return the versions of `model` held in memory (default, its split's and pinned), sorted."""
         with self._lock:
             versions = {v for (m, v) in self._pinned if m == model}
         default = self._defaults.get(model)
         if default is not None:
             versions.add(default.version)
+        router = self._routes.get(model)
+        if router is not None:
+            versions.update(router.split)
         return sorted(versions)
 
     def status(self) -> dict[str, dict[str, Any]]:
@@ -225,6 +263,9 @@ class ModelCache:
             entry["pinned"] = [v for v in self.held(model) if not default or v != default.version]
             if model in self._aliases:
                 entry["aliases"] = dict(self._aliases[model])
+            router = self._routes.get(model)
+            if router is not None:
+                entry["split"] = {str(v): w for v, w in router.split.items()}
             out[model] = entry
         return out
 
@@ -257,6 +298,8 @@ class ModelCache:
         self._verify_pinned(self._watching())
         for model in list(self._aliases):
             self._refresh_aliases(model)
+        for model in list(self._shadows):
+            self._refresh_shadow(model)
 
     # --- loading ----------------------------------------------------------------------------------
     def _stripe(self, model: str) -> threading.Lock:
@@ -269,20 +312,55 @@ class ModelCache:
     def _refresh_default(self, model: str, source: Registry) -> LoadedModel:
         """Resolve the model's default in `source` and swap it in if it changed; hold the stripe."""
         target = source.resolve(model)
+        split = source.splits(model).get(PRODUCTION)
+        if split is not None and target in split:
+            return self._refresh_split(model, split, source)
         sha256 = source.checksum(model, target)
         current = self._defaults.get(model)
         if current is not None and current.version == target and current.sha256 == sha256:
+            self._routes.pop(model, None)  # a split cleared by an alias to its own primary
             self._errors.pop(model, None)
             return current
         loaded = self._cached(model, target, sha256) or self._load(model, target, source)
         self._defaults[model] = loaded  # the swap: requests holding the old one finish on it
+        self._routes.pop(model, None)
         self._errors.pop(model, None)
         MODEL_VERSION.labels(model).set(loaded.version)
         if current is not None:
             log.info("%s: now serving v%d (was v%d)", model, loaded.version, current.version)
         return loaded
 
+    def _refresh_split(self, model: str, split: dict[int, float], source: Registry) -> LoadedModel:
+        """Load every version of the default's split, then swap the split in; return its primary."""
+        sums = source.checksums(model, split)
+        for version in split:
+            if version not in sums:
+                source.checksum(model, version)  # raises VersionNotFound: deleted meanwhile
+        current = self._routes.get(model)
+        held = [t.sha256 for t in current.targets] if current is not None else []
+        if current is not None and current.split == split and held == [sums[v] for v in split]:
+            self._errors.pop(model, None)
+            return self._defaults[model]
+        loaded = [self._cached(model, v, sums[v]) or self._load(model, v, source) for v in split]
+        router = Router(split, loaded)
+        primary = max(loaded, key=lambda m: (split[m.version], -m.version))
+        previous = self._defaults.get(model)
+        self._routes[model] = router  # the swap: routed requests follow the new weights from now on
+        self._defaults[model] = primary
+        self._errors.pop(model, None)
+        MODEL_VERSION.labels(model).set(primary.version)
+        if current is None or current.split != split:
+            shown = ", ".join(f"v{v} {w:.0%}" for v, w in split.items())
+            was = f"v{previous.version}" if previous else "nothing"
+            log.info("%s: now serving the split %s (was %s)", model, shown, was)
+        return primary
+
     def _cached(self, model: str, version: int, sha256: str) -> LoadedModel | None:
+        """Return the version if this process holds it with that sha256 (default, split or pinned)."""
+        router = self._routes.get(model)
+        for candidate in [self._defaults.get(model), *(router.targets if router is not None else [])]:
+            if candidate is not None and candidate.version == version and candidate.sha256 == sha256:
+                return candidate
         with self._lock:
             hit = self._pinned.get((model, version))
         return hit if hit is not None and hit.sha256 == sha256 else None
@@ -317,6 +395,9 @@ class ModelCache:
         default = self._defaults.get(model)
         if default is not None and default.version == version:
             return default
+        router = self._routes.get(model)
+        if router is not None and version in router.split:
+            return router.targets[list(router.split).index(version)]
         key = (model, version)
         with self._lock:
             hit = self._pinned.get(key)
@@ -387,7 +468,8 @@ class ModelCache:
         return aliases[alias]
 
     def _fetch_aliases(self, model: str, source: Registry) -> dict[str, int]:
-        aliases = source.aliases(model)
+        aliases, splits = source.routes(model)
+        self._splits[model] = {alias: Router(split) for alias, split in splits.items()}
         self._aliases[model] = aliases
         return aliases
 
@@ -411,12 +493,28 @@ class ModelCache:
             aliases = self._fetch_aliases(model, self._watching())
         except MnistError:
             return
+        splits = self._splits.get(model, {})
         for m, alias in list(self._followed):
-            if m == model and alias in aliases:
+            if m != model or alias not in aliases:
+                continue
+            for version in splits[alias].split if alias in splits else [aliases[alias]]:
                 try:
-                    self._version(model, aliases[alias], self._watching())
+                    self._version(model, version, self._watching())
                 except MnistError as exc:
-                    log.warning("%s: cannot preload alias %s -> v%d: %s", model, alias, aliases[alias], exc)
+                    log.warning("%s: cannot preload alias %s -> v%d: %s", model, alias, version, exc)
+
+    def _refresh_shadow(self, model: str) -> None:
+        """Read the model's shadow setting; load and warm its version before the recorder needs it."""
+        try:
+            found = shadows.read(self._watching(), model)
+        except REDIS_ERRORS:
+            return  # the setting held in memory stays
+        if found is not None:
+            try:
+                self._version(model, found.version, self._watching())
+            except MnistError as exc:
+                log.warning("%s: cannot preload shadow v%d: %s", model, found.version, exc)
+        self._shadows[model] = found
 
     def _on_event(self, event: dict[str, Any]) -> None:
         """Apply one registry event to what this process holds."""
@@ -432,6 +530,9 @@ class ModelCache:
             self._verify_pinned(self._watching(), model)
         if kind == "alias" and model in self._aliases:
             self._refresh_aliases(model)
+        if kind == "shadow" and model in self._shadows:
+            self._refresh_shadow(model)
+            return
         if model in self._defaults or model in self._errors:
             for key in [k for k in list(self._refused) if k[0] == model]:
                 self._refused.pop(key, None)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the prediction service: images classified, versions served, model loads.
+"""Prometheus metrics of the prediction service: images classified, versions served, model loads, recording.
 
 The HTTP metrics and the /metrics rendering are `services.web.metrics`'s; these are counted where
 the work happens, with no Flask in sight. Under gunicorn, `PROMETHEUS_MULTIPROC_DIR` must be set
@@ -27,6 +27,24 @@ RELOAD_SECONDS = Histogram(
     "Time to fetch, verify, parse and warm up a model version, in seconds",
     ["model"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+LOGGED = Counter(
+    "mnist_predictions_logged_total",
+    "Entries written to the prediction log, by model and kind",
+    ["model", "kind"],
+)
+DROPPED = Counter(
+    "mnist_recorder_dropped_total",
+    "Images not recorded (log, counters, shadow), by reason: queue_full or redis (unreachable)",
+    ["reason"],
+)
+SHADOWED = Counter(
+    "mnist_shadow_images_total", "Images a shadow version answered off the request path, by model", ["model"]
+)
+FEEDBACK_UNKNOWN = Counter(
+    "mnist_feedback_unknown_total",
+    "Feedback labels naming a request id not in the log's index (never logged, or expired), by model",
+    ["model"],
 )
 
 _children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}

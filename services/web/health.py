@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from flask import Response
+from flask import Response, current_app
 from marshmallow import Schema, fields
 
 from services.web import metrics
 from services.web.blueprint import Blueprint
 from services.web.context import services
+from shared.monitor import every_version
+
+#: Key of the monitor's gauges (metrics.MonitorCollector) in `app.extensions`.
+MONITOR_EXTENSION = "mnist.monitor_metrics"
 
 blp = Blueprint("health", __name__, description="Health checks and metrics")
 
@@ -71,5 +75,10 @@ def readyz() -> Any:
 def prometheus() -> Response:
     """Return the Prometheus metrics of every gunicorn worker of this server."""
     svc = services()
+    monitor = current_app.extensions.get(MONITOR_EXTENSION)
+    if monitor is None:  # one per app, made on first use: it keeps its rows between scrapes
+        threshold = svc.settings.drift_threshold
+        monitor = metrics.MonitorCollector(lambda: every_version(svc.registry, threshold))
+        current_app.extensions[MONITOR_EXTENSION] = monitor
     # Job counts are the API's: a predictor reads the registry only (its Redis user may do no more).
-    return metrics.render(dict if svc.settings.role == "predictor" else svc.jobs.counts)
+    return metrics.render(dict if svc.settings.role == "predictor" else svc.jobs.counts, monitor)

@@ -1,0 +1,245 @@
+"""The recorder: what every prediction leaves behind, written off the request path.
+
+`PredictionService.predict` hands each answer and its pixels to `Recorder.record`, which only
+appends them to a bounded in-process queue (`MNIST_RECORDER_QUEUE` images): a full queue drops
+them and counts them (`mnist_recorder_dropped_total{reason="queue_full"}`), a request never waits.
+One daemon thread per process (started after gunicorn's fork, with the model cache's threads)
+sleeps until something is queued, gathers for `FLUSH_SECONDS` (less once the queue is half
+full), drains it, and for each model:
+
+- counts the images per version (``requests``) in `Keys.version_stats`, and the live drift
+  profile (``profile:<feature>:<bin>``, shared/drift.py) of a sample of them
+  (`MNIST_DRIFT_SAMPLE`: the score compares shares of images per bin, which a random sample
+  estimates, at a tenth of the cost by default);
+- logs a sample (`MNIST_LOG_SAMPLE`) of the images in the model's prediction log
+  (shared/prediction_log.py);
+- runs the model's shadow version, if it has one, on its sample of the images: the shadow's
+  answers are logged (kind ``shadow``; the shadow's sample is their sample) and its agreement
+  with the served labels counted (``shadow_compared``, ``shadow_agreed`` in the shadow's stats);
+
+all of one batch (at most `BATCH_ENTRIES` log entries) in one pipeline. When Redis does not
+answer, the batch is dropped and counted (``reason="redis"``): predictions go on from memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import numpy as np
+import redis
+
+from services.serving.cache import REDIS_ERRORS, ModelCache
+from services.serving.metrics import DROPPED, LOGGED, SHADOWED, child
+from shared import drift
+from shared.config import Settings
+from shared.errors import MnistError
+from shared.keys import Keys
+from shared.prediction_log import Kind, PredictionLog, Rows
+
+if TYPE_CHECKING:
+    from services.serving.service import Prediction
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two drains of the queue (sooner when it is half full).
+FLUSH_SECONDS = 0.1
+#: Log entries written per pipeline (one script: Redis runs nothing else meanwhile, ~1 ms), at most.
+BATCH_ENTRIES = 500
+#: Seconds between two warnings about the same failure (Redis away, a shadow that cannot load).
+WARN_EVERY = 30.0
+
+
+def item_id(request_id: str, index: int, count: int) -> str:
+    """Return the logged id of image `index` of a request of `count` images."""
+    return request_id if count == 1 else f"{request_id}/{index}"
+
+
+def _rows(
+    prediction: Prediction, rows: np.ndarray, pixels: np.ndarray, labels: np.ndarray, kind: bytes
+) -> Rows:
+    """Return the log rows of some images (indices `rows`) of one answer."""
+    n = len(pixels)
+    ids = [item_id(prediction.request_id, i, n) for i in rows.tolist()]
+    versions = np.full(len(rows), prediction.version)
+    return Rows(ids, versions, labels[rows], kind * len(rows), prediction.probabilities[rows], pixels[rows])
+
+
+def as_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Return pixel rows as uint8 0–255 (float rows are 0–1, as the forward pass reads them)."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+
+
+class Recorder:
+    """The bounded queue of answers to record, and the thread that writes them (see module doc)."""
+
+    def __init__(self, redis: redis.Redis, keys: Keys, settings: Settings, cache: ModelCache) -> None:
+        """Write through `redis` (a client of its own: not the requests' connections); record nothing yet."""
+        self.redis = redis
+        self.keys = keys
+        self.cache = cache
+        self.capacity = max(settings.recorder_queue, 0)
+        self.sample = min(max(settings.log_sample, 0.0), 1.0)
+        self.drift_sample = min(max(settings.drift_sample, 0.0), 1.0)
+        self.log = PredictionLog(redis, keys, settings.log_maxlen)
+        self._queue: list[tuple[Prediction, np.ndarray]] = []
+        self._images = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()  # something is queued
+        self._urgent = threading.Event()  # the queue is half full: drain now
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rng = np.random.default_rng()
+        self._warned: dict[str, float] = {}
+
+    # --- the request path -------------------------------------------------------------------------
+    def record(self, prediction: Prediction, pixels: np.ndarray) -> None:
+        """Queue an answer and its pixels (n, 784) for recording; drop and count them if the queue is full."""
+        n = len(pixels)
+        with self._lock:
+            full = self._images + n > self.capacity
+            if not full:
+                first = not self._queue
+                self._queue.append((prediction, pixels))
+                self._images += n
+                urgent = self._images * 2 > self.capacity
+        if full:
+            child(DROPPED, "queue_full").inc(n)
+            return
+        # Only the first answer of a batch wakes the thread: an idle process has no thread polling.
+        if first:
+            self._wake.set()
+        if urgent:
+            self._urgent.set()
+
+    def pending(self) -> int:
+        """Return the images waiting to be recorded."""
+        return self._images
+
+    # --- the thread -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the writing thread (a daemon); calling again does nothing."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread after a last drain, and wait for it (tests)."""
+        self._stop.set()
+        self._wake.set()
+        self._urgent.set()
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            self._urgent.wait(FLUSH_SECONDS)  # gather a batch
+            self._urgent.clear()
+            try:
+                self.drain()
+            except Exception:  # the thread's boundary: recording must go on
+                log.exception("recorder: unexpected error")
+        self.drain()
+
+    def drain(self) -> int:
+        """Write everything queued now; return the images taken from the queue."""
+        with self._lock:
+            items, self._queue, taken, self._images = self._queue, [], self._images, 0
+        by_model: dict[str, list[tuple[Prediction, np.ndarray]]] = defaultdict(list)
+        for prediction, pixels in items:
+            by_model[prediction.model].append((prediction, pixels))
+        for model, group in by_model.items():
+            try:
+                self._write(model, group)
+            except REDIS_ERRORS as exc:
+                child(DROPPED, "redis").inc(sum(len(p) for _, p in group))
+                self._warn("redis", "recorder: Redis did not take the records (%s): dropped", exc)
+        return taken
+
+    # --- writing ----------------------------------------------------------------------------------
+    def _write(self, model: str, group: list[tuple[Prediction, np.ndarray]]) -> None:
+        """Count, log and shadow one model's answers: one pipeline per BATCH_ENTRIES log entries."""
+        requests: dict[int, int] = defaultdict(int)
+        profiled: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+        logged: list[Rows] = []
+        shadow = self.cache.shadow(model)
+        shadowed: list[Rows] = []  # the served answers of the images the shadow answers too
+        for prediction, raw in group:
+            pixels = as_uint8(raw)
+            labels = prediction.labels
+            requests[prediction.version] += len(pixels)
+            rows = self._sampled(len(pixels), self.drift_sample)
+            if len(rows):
+                profiled[prediction.version].append((pixels[rows], labels[rows]))
+            rows = self._sampled(len(pixels), self.sample)
+            if len(rows):
+                logged.append(_rows(prediction, rows, pixels, labels, b"l"))
+            if shadow is not None and shadow.version != prediction.version:
+                rows = self._sampled(len(pixels), shadow.sample)
+                if len(rows):
+                    shadowed.append(_rows(prediction, rows, pixels, labels, b"s"))
+        pipe = self.redis.pipeline(transaction=False)
+        for version, count in requests.items():
+            pipe.hincrby(self.keys.version_stats(model, version), "requests", count)
+        for version, parts in profiled.items():
+            stats = self.keys.version_stats(model, version)
+            pixels = np.concatenate([p for p, _ in parts])
+            labels = np.concatenate([lab for _, lab in parts])
+            for name, count in drift.counters(drift.profile(pixels, labels)).items():
+                pipe.hincrby(stats, name, count)
+        if shadowed and shadow is not None:
+            logged += self._shadow(model, shadow.version, Rows.join(shadowed), pipe)
+        entries = Rows.join(logged)
+        for lo in range(0, max(len(entries), 1), BATCH_ENTRIES):
+            self.log.add(pipe, model, entries.part(lo, lo + BATCH_ENTRIES))
+            pipe.execute()
+            pipe = self.redis.pipeline(transaction=False)
+        live = entries.kinds.count(b"l")
+        if live:
+            child(LOGGED, model, Kind.LIVE.value).inc(live)
+        if len(entries) > live:
+            child(LOGGED, model, Kind.SHADOW.value).inc(len(entries) - live)
+
+    def _shadow(self, model: str, version: int, served: Rows, pipe: redis.client.Pipeline) -> list[Rows]:
+        """Run the shadow version on the `served` rows; count agreement on `pipe`; return its rows to log."""
+        try:
+            loaded = self.cache.get(model, version=version)
+        except MnistError as exc:
+            why = exc.message
+            self._warn(f"shadow:{model}", "recorder: shadow %s v%d cannot run: %s", model, version, why)
+            return []
+        probabilities = loaded.predict_proba(served.pixels)
+        labels = probabilities.argmax(axis=1)
+        stats = self.keys.version_stats(model, version)
+        pipe.hincrby(stats, "shadow_compared", len(labels))
+        pipe.hincrby(stats, "shadow_agreed", int(np.count_nonzero(labels == served.labels)))
+        child(SHADOWED, model).inc(len(labels))
+        versions = np.full(len(labels), version)
+        return [Rows(served.ids, versions, labels, served.kinds, probabilities, served.pixels)]
+
+    def _sampled(self, n: int, share: float) -> np.ndarray:
+        """Return the indices of a random `share` of n rows."""
+        if share >= 1.0:
+            return np.arange(n)
+        if share <= 0.0:
+            return np.arange(0)
+        return np.flatnonzero(self._rng.random(n) < share)
+
+    def _warn(self, what: str, message: str, *args: object) -> None:
+        """Log a warning about `what` at most once per WARN_EVERY seconds."""
+        now = time.monotonic()
+        if now - self._warned.get(what, -WARN_EVERY) >= WARN_EVERY:
+            self._warned[what] = now
+            log.warning(message, *args)
