@@ -33,7 +33,7 @@ else service $$pkg stop >/dev/null 2>&1 || true; update-rc.d $$pkg disable >/dev
 endef
 export SERVICE_APT
 
-.PHONY: help install test reliability demo up bench lint lock clean system-data browser proxy sentinel
+.PHONY: help install test reliability demo up bench lint lock clean system-data browser proxy sentinel wrk
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -100,6 +100,17 @@ sentinel:  ## Debian's redis-sentinel for the failover tests, where apt is avail
 		sudo -n env pkg=redis-sentinel sh -c "$$SERVICE_APT" || echo "note: redis-sentinel not installed"; \
 	else echo "note: the Sentinel failover tests need redis-sentinel: sudo make sentinel"; fi
 
+wrk:  ## Debian's wrk, the HTTP load generator of `bench/predict.py --latency`, where apt is available (best effort)
+	@if command -v wrk >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing wrk (apt)"; \
+		apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1; } || \
+		echo "note: wrk not installed; the latency benchmark will say so"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo apt-get install -y -qq wrk >/dev/null 2>&1 || echo "note: wrk not installed"; \
+	else echo "note: no apt here: the latency benchmark needs wrk (sudo apt-get install wrk)"; fi
+
 test: install  ## run the whole test suite (needs Redis on REDIS_URL or 127.0.0.1:6379)
 	$(BIN)/pytest
 
@@ -118,12 +129,15 @@ demo: install  ## the service end to end: stack, training job over HTTP, batch p
 up: install  ## run the local stack (gunicorn, 2 training workers, Redis if none answers)
 	$(BIN)/mnist up --port 8000 --workers 2
 
-bench: install  ## every benchmark, side by side ratios (installs the optional PyTorch extra); ~10 min
+# OLD=PATH: another checkout (with its .venv) that the latency benchmark measures alongside this one.
+bench: install  ## every benchmark, side by side ratios (installs the optional PyTorch extra and wrk); ~12 min
 	-$(PIP) $(EDITABLE) '.[dev,bench]'
+	@$(MAKE) --no-print-directory wrk
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/small_batches.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/predict.py --latency $(if $(OLD),--old $(OLD))
 	$(BIN)/python bench/front.py
 	$(BIN)/python bench/client.py
 

@@ -20,6 +20,10 @@ so that the machine's drift between rounds cancels out.
 Everything the run wrote in Redis is deleted afterwards.
 
 Usage: python bench/predict.py [--workers 2] [--threads 8] [--blas-threads 1] [--rounds 5] [--seconds 1.5]
+
+`--latency` measures instead latency as a distribution (p50…p99.9) and the server's CPU per
+request at 1, 8 and 32 clients, through `mnist up`'s nginx and gunicorn alone, optionally against
+another checkout: `python bench/predict.py --latency [--old PATH] [--rounds 3]` (bench/latency.py).
 """
 
 from __future__ import annotations
@@ -251,7 +255,12 @@ def report(
 
 
 def main() -> None:
-    """Run the benchmark and print its table."""
+    """Run the benchmark and print its table (bench/latency.py's with --latency)."""
+    if "--latency" in sys.argv[1:]:
+        from bench import latency
+
+        latency.main([arg for arg in sys.argv[1:] if arg != "--latency"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker")

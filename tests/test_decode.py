@@ -1,4 +1,4 @@
-"""The predictor's pure parts in-process: the fast JSON path and the forward pass split across threads.
+"""The predictor's pure parts in-process: the fast JSON paths and the forward pass split across threads.
 
 Everything here is also exercised through gunicorn in test_predict_v1.py / test_predict_v2.py
 (every body format gives the same answer; every bad body its 4xx); these tests pin down the two
@@ -110,6 +110,92 @@ def test_a_valid_body_of_the_largest_batch_is_within_the_json_limits() -> None:
     outputs = [{"name": "label", "parameters": {"binary_data": True}}, {"name": "probabilities"}]
     raw = body(id="request-1", parameters={"binary_data_output": False}, inputs=[tensor], outputs=outputs)
     check_json_size(raw, decode.json_limits(MAX_BATCH))
+
+
+def v2_request(
+    data: object, datatype: str = "UINT8", shape: list[int] | None = None, **fields: object
+) -> bytes:
+    tensor = {"name": "input", "datatype": datatype, "shape": shape or [1, mlp.INPUT_SIZE], "data": data}
+    return body(inputs=[tensor], **fields)
+
+
+def v2_pixels(request: dict, raw: bytes) -> np.ndarray:
+    """Read a parsed V2 request's pixels as v2._read_input does."""
+    tensor = request["inputs"][0]
+    integers = tensor["datatype"] == "UINT8"
+    prange = decode.pixel_range(tensor.get("parameters", {}).get("pixel_range"))
+    return decode.from_list(tensor["data"], raw, tuple(tensor["shape"]), integers, prange)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        v2_request(IMAGES[:1].ravel()),
+        v2_request(IMAGES[:1]),  # one list per image
+        v2_request(IMAGES, shape=[3, mlp.INPUT_SIZE], id="r-1", outputs=[{"name": "label"}]),
+        v2_request(IMAGES[:2].reshape(4, 392), shape=[2, mlp.INPUT_SIZE]),  # rows of another width
+        v2_request(IMAGES[:1] / 255, "FP32", parameters={"pixel_range": "unit", "binary_data_output": True}),
+        v2_request(IMAGES[:1].astype(np.float64), "FP64"),
+    ],
+    ids=["flat", "rows", "three-and-fields", "half-rows", "fp32-unit", "fp64"],
+)
+def test_v2_fast_path_reads_what_the_general_path_reads_exactly(raw: bytes) -> None:
+    fast = decode.fast_inference_request(raw, MAX_BATCH)
+    general = decode.load_json(raw, limits=decode.json_limits(MAX_BATCH))
+    assert fast is not None
+    assert {**fast, "inputs": None} == {**general, "inputs": None}
+    data = fast["inputs"][0].pop("data")
+    assert fast["inputs"][0] == {k: v for k, v in general["inputs"][0].items() if k != "data"}
+    fast["inputs"][0]["data"] = data
+    pixels = v2_pixels(fast, raw)
+    np.testing.assert_array_equal(pixels, v2_pixels(general, raw))
+    assert pixels.dtype == np.float32 and pixels.shape[1] == mlp.INPUT_SIZE
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[]",
+        orjson.dumps({"inputs": [{"name": "input", "data": [0] * 784}] * 2}),
+        b'{"inputs": [{"data": [0]}], "inputs": [{"data": [1]}]}',  # a key twice
+        b'{"inputs": [{"data": [0], "data": [1]}]}',
+        v2_request(IMAGES[:1].reshape(1, 28, 28), shape=[1, 28, 28]),  # 28 rows of 28: general path
+        v2_request([[0]] + [0] * 783),  # a list among the numbers
+        v2_request([[0] * 392, [[0]] * 392]),  # a list inside a row
+        v2_request([[0] * 392, [0] * 391, [0]]),  # ragged rows
+        v2_request([0] * 784, id="a[b"),  # a bracket in a string: counted, so not fast
+        orjson.dumps({"inputs": [{"name": "input", "parameters": {"binary_data_size": 784}}]}),
+    ],
+)
+def test_v2_fast_path_leaves_everything_else_to_the_general_path(raw: bytes) -> None:
+    assert decode.fast_inference_request(raw, MAX_BATCH) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype", "fragment"),
+    [
+        ([0.5] * 784, "UINT8", "whole numbers"),
+        ([1.0] * 784, "UINT8", "whole numbers"),
+        ([False] * 784, "UINT8", "boolean"),
+        ([None] * 784, "FP32", "not numbers"),
+        ([256] * 784, "UINT8", "outside"),
+        ([-1.0] * 784, "FP64", "outside"),
+        ([0] * 783, "UINT8", "783 values"),
+    ],
+)
+def test_v2_fast_path_data_fails_as_the_general_path_does(data: list, datatype: str, fragment: str) -> None:
+    raw = v2_request(data, datatype)
+    fast = decode.fast_inference_request(raw, MAX_BATCH)
+    assert fast is not None
+    for request in (fast, decode.load_json(raw)):
+        with pytest.raises(InvalidInput, match=re.escape(fragment)):
+            v2_pixels(request, raw)
+
+
+def test_v2_fast_path_counts_the_body_before_parsing_it() -> None:
+    with pytest.raises(PayloadTooLarge, match=re.escape("10 images (MNIST_MAX_BATCH)")):
+        decode.fast_inference_request(v2_request([0] * (MAX_BATCH * 784 + 300)), MAX_BATCH)
 
 
 def test_raw_bytes_stay_uint8_and_are_scaled_in_the_forward_pass() -> None:

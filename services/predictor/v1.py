@@ -20,7 +20,7 @@ from marshmallow import Schema, fields, validate
 from services.predictor import decode
 from services.serving.service import Prediction
 from services.web.auth import PREDICT_SECURITY, check_predict_token
-from services.web.blueprint import Blueprint
+from services.web.blueprint import Blueprint, documented_only
 from services.web.bodies import request_body
 from services.web.context import services
 from services.web.errors import error_docs
@@ -147,17 +147,17 @@ ANSWER_DOC = {
 blp.after_request(echo)
 
 
-def _documented(view):
-    """Attach the predict routes' OpenAPI description to `view`."""
-    # One doc() and one response() wrapper: every flask-smorest decorator adds a call level to
-    # each request, and alt_response() per status would add six on the hottest route.
-    view = blp.doc(
+#: The predict routes' OpenAPI description, without flask-smorest's wrappers on the hottest routes
+#: (the views return finished Responses).
+_documented = documented_only(
+    blp.response(200, PredictResponseSchema),
+    blp.doc(
         requestBody=REQUEST_BODY,
         parameters=QUERY,
         security=PREDICT_SECURITY,
         responses={**error_docs(ERRORS), **ANSWER_DOC},
-    )(view)
-    return blp.response(200, PredictResponseSchema)(view)
+    ),
+)
 
 
 @blp.route("/v1/models/<model>:predict", methods=["POST"])

@@ -26,7 +26,7 @@ from marshmallow import Schema, fields
 from services.predictor import decode
 from services.serving.service import Prediction
 from services.web.auth import PREDICT_SECURITY, check_predict_token, read_access
-from services.web.blueprint import Blueprint
+from services.web.blueprint import Blueprint, documented_only
 from services.web.bodies import request_body
 from services.web.context import services
 from services.web.errors import error_docs
@@ -62,6 +62,8 @@ OUTPUT_TYPES: dict[str, tuple[str, np.dtype]] = {
 REQUEST_FIELDS = ("id", "parameters", "inputs", "outputs")
 #: Header that splits a binary body into its JSON part and its tensors.
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: The same header's key in the WSGI environ.
+HEADER_ENVIRON = "HTTP_" + HEADER_LENGTH.upper().replace("-", "_")
 
 INPUTS_METADATA = [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, mlp.INPUT_SIZE]}]
 OUTPUTS_METADATA = [
@@ -193,18 +195,24 @@ def version_ready(model: str, version: int) -> Response:
     return _model_ready(model, version)
 
 
-def _documented_infer(view):
-    """Attach the infer routes' OpenAPI description to `view` (one wrapper each, as in v1)."""
-    errors = {
-        400: "invalid request or tensor",
-        401: "predict token missing (when MNIST_PREDICT_TOKEN is set)",
-        403: "predict token wrong",
-        404: "unknown model or version",
-        413: "body or batch too large",
-        503: "the version is not in memory and cannot be loaded",
-    }
-    view = blp.doc(requestBody=INFER_BODY, security=PREDICT_SECURITY, responses=error_docs(errors))(view)
-    return blp.response(200, InferResponseSchema)(view)
+#: The infer routes' OpenAPI description, without flask-smorest's wrappers (see v1's).
+_documented_infer = documented_only(
+    blp.response(200, InferResponseSchema),
+    blp.doc(
+        requestBody=INFER_BODY,
+        security=PREDICT_SECURITY,
+        responses=error_docs(
+            {
+                400: "invalid request or tensor",
+                401: "predict token missing (when MNIST_PREDICT_TOKEN is set)",
+                403: "predict token wrong",
+                404: "unknown model or version",
+                413: "body or batch too large",
+                503: "the version is not in memory and cannot be loaded",
+            }
+        ),
+    ),
+)
 
 
 @blp.route("/v2/models/<model>/infer", methods=["POST"])
@@ -234,8 +242,10 @@ def _request_id(response: Response) -> Response:
 @blp.after_app_request
 def _error_key(response: Response) -> Response:
     """Give every /v2 error V2's ``error`` key, beside the service's usual fields."""
+    if response.status_code < 400:  # first: the path is a proxy lookup, on every request
+        return response
     path = request.path
-    if response.status_code < 400 or not (path == "/v2" or path.startswith("/v2/")):
+    if not (path == "/v2" or path.startswith("/v2/")):
         return response
     if response.mimetype != "application/json":
         return response
@@ -277,7 +287,10 @@ def _infer(model: str, version: int | None) -> Response:
     svc = services()
     check_predict_token(svc.settings)
     header, binary = _split(request_body(limit=svc.settings.max_body_bytes))
-    body = decode.load_json(header, "inference request", decode.json_limits(svc.settings.max_batch))
+    max_batch = svc.settings.max_batch
+    body = decode.fast_inference_request(header, max_batch) or decode.load_json(
+        header, "inference request", decode.json_limits(max_batch)
+    )
     unknown = sorted(set(body) - set(REQUEST_FIELDS))
     if unknown:
         raise InvalidInput(f"unknown fields {unknown}: an inference request has {list(REQUEST_FIELDS)}")
@@ -300,7 +313,7 @@ def _infer(model: str, version: int | None) -> Response:
 
 def _split(body: bytes) -> tuple[bytes, memoryview]:
     """Return the JSON part and the binary part of a request body."""
-    raw = request.headers.get(HEADER_LENGTH)
+    raw = request.environ.get(HEADER_ENVIRON)  # the environ itself: no headers object per request
     if raw is None:
         return body, memoryview(b"")
     try:
@@ -407,7 +420,7 @@ def _respond(answer: Prediction, outputs: list[tuple[str, bool]]) -> Response:
     }
     header = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
-        return Response(header, mimetype="application/json")
+        return Response(header, content_type="application/json")
     response = Response(b"".join([header, *blobs]), mimetype="application/octet-stream")
     response.headers[HEADER_LENGTH] = str(len(header))
     return response
