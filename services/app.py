@@ -147,7 +147,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     clients = redis_clients(settings)
     conn = clients.requests
     keys = Keys(settings.key_prefix)
-    registry = Registry(conn, keys, retention=settings.retention)
+    registry = Registry(
+        conn,
+        keys,
+        retention=settings.retention,
+        min_replicas=settings.min_replicas,
+        # The web server's alias moves wait within its own Redis timeout: a longer WAIT would end as
+        # a read timeout, and the redis-py retry would send the move again.
+        replica_timeout=min(settings.replica_timeout, int(settings.redis_timeout * 800)),
+    )
     watcher = Registry(clients.watcher, keys, retention=settings.retention)
     predictions = PredictionService(registry, settings, watcher=watcher)
     app.extensions[EXTENSION] = Services(

@@ -131,13 +131,15 @@ class Settings:
     min_replicas: int = _env_field(
         "MNIST_MIN_REPLICAS",
         0,
-        "replicas that must hold a published version (and a checkpoint) before the job goes on (Redis WAIT);"
-        " fewer within MNIST_REPLICA_TIMEOUT fail the publish, and the job retries (0: do not wait)",
+        "replicas that must hold a published version (and a checkpoint) before the job goes on, and an alias"
+        " move or rollout decision before the API answers (Redis WAIT); fewer within MNIST_REPLICA_TIMEOUT"
+        " fail the publish (the job retries) or answer 503 (0: do not wait)",
     )
     replica_timeout: int = _env_field(
         "MNIST_REPLICA_TIMEOUT",
         2000,
-        "milliseconds a publish or checkpoint waits for MNIST_MIN_REPLICAS replicas to acknowledge it",
+        "milliseconds a publish or checkpoint waits for MNIST_MIN_REPLICAS replicas to acknowledge it"
+        " (the API's alias moves wait at most 80 % of MNIST_REDIS_TIMEOUT)",
     )
     redis_slots: int = _env_field(
         "MNIST_REDIS_SLOTS",
