@@ -174,6 +174,13 @@ class Tab:
         width = self.page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
         assert width[0] <= width[1], f"horizontal overflow: {width}"
 
+    def assert_heading_below_bar(self, view: str) -> None:
+        """Assert `view`'s heading is not under the sticky top bar."""
+        heading = self.page.locator(f"#{view}-title").bounding_box()
+        bar = self.page.locator(".topbar").bounding_box()
+        assert heading is not None and bar is not None
+        assert heading["y"] >= bar["y"] + bar["height"], (view, heading, bar)
+
     def give_token(self, token: str, field: str = "#token-input") -> None:
         """Answer the token dialog (the API token, or the predict token with field="#predict-token-input")."""
         self.page.wait_for_selector("#token-dialog[open]")
@@ -251,6 +258,26 @@ def test_every_view_at_desktop_and_phone_size(
         tab.page.click("#token-button")
         tab.page.wait_for_selector("#token-dialog[open]")
         tab.shot(f"token-{size}", full_page=False)
+        context.close()
+        assert not tab.errors, tab.errors
+
+
+def test_a_view_opened_by_its_link_starts_below_the_top_bar(
+    browser: Browser, server: Server, trained: tuple[bytes, dict[str, Any]]
+) -> None:
+    """Opening /#view (a fresh page, or a tab's link) scrolls its heading to just below the sticky bar."""
+    publish(server, "mnist", [trained])
+    for viewport in (DESKTOP, PHONE):
+        context = browser.new_context(viewport=viewport)
+        tab = Tab(context.new_page(), server.url)
+        for view in VIEWS:
+            tab.page.goto("about:blank")
+            tab.open(view)  # a page loaded with the view's fragment
+            tab.page.wait_for_load_state("load")
+            tab.assert_heading_below_bar(view)
+        tab.page.click("[data-tab='training']")  # a link within the page scrolls to its view too
+        tab.page.wait_for_selector("body[data-view='training']")
+        tab.assert_heading_below_bar("training")
         context.close()
         assert not tab.errors, tab.errors
 

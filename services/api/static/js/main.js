@@ -32,6 +32,15 @@ function route() {
   });
 }
 
+/** Keep --topbar-height (the CSS's scroll-padding-top) equal to the sticky bar's height. */
+function trackTopbar() {
+  const bar = document.querySelector('.topbar');
+  const set = () => document.documentElement.style.setProperty('--topbar-height', `${bar.offsetHeight}px`);
+  set(); // before the browser scrolls to the URL's fragment
+  new ResizeObserver(set).observe(bar);
+}
+
+trackTopbar();
 initToken();
 initModels();
 initJobs();
