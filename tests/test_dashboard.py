@@ -25,7 +25,7 @@ from shared import pipeline, serialization
 from shared.keys import Keys
 from shared.registry import Registry
 from tests.api_helpers import model_blob, sample, version_meta
-from tests.live_fixtures import ROOT, Process, Server, StackEnv, start_server, start_worker
+from tests.live_fixtures import ROOT, Process, Server, StackEnv, start_server, start_worker, wait_for
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -51,7 +51,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-VIEWS = ("models", "training", "draw", "inspect")
+VIEWS = ("models", "training", "draw", "inspect", "monitor")
 #: Milliseconds the page may take for one step (a view's data, a prediction, an evaluation).
 STEP_MS = 20_000
 #: Seconds a training job may take in the browser test, on busy cores.
@@ -407,6 +407,159 @@ def test_promote_and_roll_back(tab: Tab, server: Server) -> None:
     tab.page.wait_for_selector(".version-card[data-version='1'][data-aliases='production']")
     assert requests.get(alias_url, timeout=10).json()["version"] == 1
     assert tab.page.evaluate("sessionStorage.getItem('mnist.token')") == server.env.token
+
+
+#: Requests routed by production's split (one image each, one routing key each), with feedback.
+ROUTED = 60
+#: Inverted digits (dark ink on white) sent to v2 by number: its live images drift from its training set's.
+INVERTED = 30
+
+
+def send_traffic(server: Server) -> list[dict[str, Any]]:
+    """Predict INVERTED digits with v2, then ROUTED ones through the split; label the routed ones."""
+    ds = sample()
+    assert ds.x_test is not None and ds.y_test is not None
+    labels = []
+    with requests.Session() as http:
+        for i in range(INVERTED):
+            image = 255 - ds.x_test[ROUTED + i].reshape(784)
+            answer = http.post(
+                f"{server.url}/v1/models/mnist/versions/2:predict",
+                json={"instances": [image.tolist()]},
+                timeout=10,
+            )
+            assert answer.status_code == 200, answer.text
+        for i in range(ROUTED):
+            answer = http.post(
+                f"{server.url}/v1/models/mnist:predict",
+                json={"instances": [ds.x_test[i].reshape(784).tolist()]},
+                headers={"X-Routing-Key": f"user-{i}"},
+                timeout=10,
+            )
+            assert answer.status_code == 200, answer.text
+            labels.append({"request_id": answer.json()["request_id"], "label": int(ds.y_test[i])})
+    return labels
+
+
+def test_the_monitor_shows_live_figures_and_decides_the_rollout(
+    browser: Browser, stack_env: StackEnv, tmp_path: Path, trained: tuple[bytes, dict[str, Any]]
+) -> None:
+    # Every prediction logged, and every image profiled for drift: the figures are exact.
+    live = start_server(stack_env, tmp_path, MNIST_LOG_SAMPLE="1", MNIST_DRIFT_SAMPLE="1")
+    api = f"{live.url}/v1/models/mnist"
+    auth = live.env.auth
+    context = browser.new_context(viewport=DESKTOP)
+    tab = Tab(context.new_page(), live.url)
+    try:
+        blob, meta = trained
+        again = (blob, {**meta, "job_id": "in-process-again"})  # one network, two versions (two jobs)
+        assert publish(live, "mnist", [trained, again]) == [1, 2]
+        r = requests.put(f"{api}/aliases/production", json={"version": 1}, headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+        canary = {"action": "canary", "version": 2, "weight": 0.5, "reason": "half and half"}
+        r = requests.post(f"{api}/rollout", json=canary, headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+        labels = send_traffic(live)
+        # Feedback finds a request once the recorder has logged it (off the request path).
+        wait_for(
+            lambda: (
+                len(requests.get(f"{api}/predictions?limit=1000", timeout=10).json()["predictions"])
+                >= ROUTED + INVERTED
+            ),
+            30,
+            "the recorder to log every prediction",
+        )
+        counted = requests.post(f"{api}/feedback", json={"labels": labels}, timeout=10).json()
+        assert counted["accepted"] == ROUTED, counted
+        monitor = requests.get(f"{api}/monitor", timeout=10).json()["versions"]
+        assert sum(v["feedback"] for v in monitor.values()) == ROUTED
+        assert all(monitor[v]["requests"] > 0 for v in ("1", "2")), monitor  # the split sent both some
+        assert monitor["2"]["drift"]["drifted"]  # inverted digits are far from the training set
+
+        tab.open("monitor")
+        for version, figures in monitor.items():
+            card = f".monitor-card[data-version='{version}']"
+            tab.page.wait_for_selector(f"{card}[data-requests='{figures['requests']}']")
+            assert tab.page.get_attribute(card, "data-feedback") == str(figures["feedback"])
+            assert float(tab.page.get_attribute(card, "data-accuracy") or "nan") == pytest.approx(
+                figures["online_accuracy"]
+            )
+            assert tab.page.inner_text(f"{card} .accuracy dd") == f"{figures['online_accuracy'] * 100:.1f}%"
+            assert f"{figures['feedback']} feedback labels" in tab.page.inner_text(f"{card} .accuracy")
+            assert tab.page.get_attribute(card, "data-weight") == "0.5"
+            assert tab.page.get_attribute(card, "data-drifted") == str(figures["drift"]["drifted"]).lower()
+            assert f"{figures['drift']['score']:.2f}" in tab.page.inner_text(f"{card} .drift dd")
+        assert tab.page.locator(".monitor-card[data-version='2'].is-drifted").count() == 1
+        assert tab.page.locator(".monitor-card[data-version='2'] .drift-pill").inner_text() == "drifted"
+
+        # The live feed: the newest 20 logged predictions, each image drawn from its logged pixels.
+        logged = requests.get(f"{api}/predictions?limit=20&pixels=true", timeout=10).json()["predictions"]
+        items = tab.page.locator("#monitor-feed .feed-item")
+        assert items.count() == 20
+        assert [items.nth(i).get_attribute("data-entry") for i in range(20)] == [p["entry"] for p in logged]
+        drawn = tab.page.evaluate(
+            """() => Array.from(document.querySelector('#monitor-feed .feed-item canvas')
+                 .getContext('2d').getImageData(0, 0, 28, 28).data.filter((_, i) => i % 4 === 0))"""
+        )
+        assert drawn == logged[0]["pixels"]
+        assert {p["version"] for p in logged} == {1, 2}  # the split's answers
+        assert tab.page.locator("#decisions .decision").first.get_attribute("data-action") == "canary"
+        assert "half and half" in tab.page.inner_text("#decisions")
+        tab.assert_fits()
+        tab.shot("monitor-live-desktop")
+        phone = browser.new_context(viewport=PHONE)
+        small = Tab(phone.new_page(), live.url)
+        small.open("monitor")
+        small.page.wait_for_selector("#monitor-feed .feed-item")
+        small.assert_fits()
+        small.shot("monitor-live-phone")
+        phone.close()
+        assert not small.errors, small.errors
+
+        # Roll the canary back: the first write asks for the token; the split is v1's alone.
+        tab.page.fill("#rollout-reason", "v2 sees inverted digits")
+        tab.page.click("#canary-rollback")
+        tab.give_token(live.env.token)
+        tab.page.wait_for_selector("#rollout[data-canary='']")
+        rollout = requests.get(f"{api}/rollout", timeout=10).json()
+        assert rollout["split"] == {"1": 1.0} and rollout["canary"] is None
+        assert rollout["decisions"][0]["reason"] == "v2 sees inverted digits"
+        tab.page.wait_for_selector("#decisions .decision[data-action='rollback']")
+        assert "v2 sees inverted digits" in tab.page.inner_text("#decisions .decision >> nth=0")
+
+        # A canary started from the page, then promoted.
+        tab.page.select_option("#canary-version", "2")
+        tab.page.fill("#canary-weight", "20")
+        tab.page.fill("#rollout-reason", "second try")
+        tab.page.click("#canary-start")
+        tab.page.wait_for_selector("#rollout[data-canary='2']")
+        assert requests.get(f"{api}/rollout", timeout=10).json()["split"] == {"1": 0.8, "2": 0.2}
+        assert tab.page.inner_text("#canary-promote") == "Promote v2"
+        tab.shot("monitor-canary-desktop")
+        tab.page.click("#canary-promote")
+        tab.page.wait_for_selector("#rollout[data-canary='']")
+        rollout = requests.get(f"{api}/rollout", timeout=10).json()
+        assert rollout["split"] == {"2": 1.0}
+        assert [d["action"] for d in rollout["decisions"][:3]] == ["promote", "canary", "rollback"]
+        assert requests.get(f"{api}/aliases/production", timeout=10).json()["version"] == 2
+
+        # A refused decision says why, on the page: the weight (checked here), the state (by the server).
+        tab.page.select_option("#canary-version", "1")
+        tab.page.fill("#canary-weight", "150")
+        tab.page.click("#canary-start")
+        tab.page.wait_for_selector("#rollout-error:not([hidden])")
+        assert "between 0 and 100" in tab.page.inner_text("#rollout-error")
+        halves = {"versions": {"1": 0.5, "2": 0.5}, "reason": "by hand"}
+        r = requests.put(f"{api}/aliases/production", json=halves, headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+        tab.page.fill("#canary-weight", "10")
+        tab.page.click("#canary-start")  # a canary needs one base version, not a split: 409
+        tab.page.wait_for_selector("#rollout-error:has-text('not one base version')")
+        assert requests.get(f"{api}/rollout", timeout=10).json()["split"] == {"1": 0.5, "2": 0.5}
+    finally:
+        context.close()
+        live.process.stop()
+    assert not tab.errors, tab.errors
 
 
 def test_draw_a_digit_and_get_ten_probabilities(
