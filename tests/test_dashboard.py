@@ -415,6 +415,15 @@ ROUTED = 60
 INVERTED = 30
 
 
+#: Seconds between two refreshes of the Monitor view (INTERVAL in static/js/monitor.js).
+MONITOR_INTERVAL = 2.0
+#: Hide (true) or show (false) the page as a background tab would be, for the page's scripts.
+VISIBILITY = """(hidden) => {
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
 def send_traffic(server: Server) -> list[dict[str, Any]]:
     """Predict INVERTED digits with v2, then ROUTED ones through the split; label the routed ones."""
     ds = sample()
@@ -515,6 +524,25 @@ def test_the_monitor_shows_live_figures_and_decides_the_rollout(
         small.shot("monitor-live-phone")
         phone.close()
         assert not small.errors, small.errors
+
+        # Refreshed while shown: one more answer of v1 shows without a reload.
+        before = int(tab.page.get_attribute(".monitor-card[data-version='1']", "data-requests") or 0)
+        x_test = sample().x_test
+        assert x_test is not None
+        digit = {"instances": [x_test[0].reshape(784).tolist()]}
+        assert requests.post(f"{api}/versions/1:predict", json=digit, timeout=10).status_code == 200
+        tab.page.wait_for_selector(f".monitor-card[data-version='1'][data-requests='{before + 1}']")
+        # Paused while the browser tab is hidden, refreshed at once when it shows again.
+        asked: list[str] = []
+        tab.page.on("request", lambda r: asked.append(r.url) if "/monitor" in r.url else None)
+        tab.page.evaluate(VISIBILITY, True)
+        tab.page.wait_for_selector("#monitor-live[data-state='hidden']")
+        asked.clear()  # a refresh already in flight asked before the tab was hidden
+        time.sleep(3 * MONITOR_INTERVAL)
+        assert asked == [], asked
+        with tab.page.expect_request(lambda r: "/monitor" in r.url):
+            tab.page.evaluate(VISIBILITY, False)
+        tab.page.wait_for_selector("#monitor-live[data-state='live']")
 
         # Roll the canary back: the first write asks for the token; the split is v1's alone.
         tab.page.fill("#rollout-reason", "v2 sees inverted digits")
