@@ -170,9 +170,11 @@ class Tab:
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
     def assert_fits(self) -> None:
-        """Assert the page does not scroll sideways."""
+        """Assert the page does not scroll sideways, nor does the row of tabs."""
         width = self.page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
         assert width[0] <= width[1], f"horizontal overflow: {width}"
+        tabs = self.page.evaluate("(t => [t.scrollWidth, t.clientWidth])(document.querySelector('.tabs'))")
+        assert tabs[0] <= tabs[1], f"the tabs do not fit: {tabs}"
 
     def assert_heading_below_bar(self, view: str) -> None:
         """Assert `view`'s heading is not under the sticky top bar."""
