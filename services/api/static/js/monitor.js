@@ -17,6 +17,7 @@ const IDLE_SHOWN = 6;
 
 let timer = null;
 let running = null; // the refresh in flight (a Promise), or null
+let wanted = 0; // bumped when what is shown must be read again: a read begun before is not shown
 let paused = false;
 let last = null; // {model, at, requests: {version: n}} of the previous refresh: the rates
 
@@ -25,7 +26,7 @@ export function initMonitor() {
   select.addEventListener('change', () => {
     sessionStorage.setItem('mnist.model', select.value);
     last = null;
-    refreshMonitor();
+    reloadMonitor();
   });
   byId('monitor-pause').addEventListener('click', () => {
     paused = !paused;
@@ -36,7 +37,7 @@ export function initMonitor() {
     showLive();
     if (timer && !document.hidden && !paused) refreshMonitor();
   });
-  initRollout(() => select.value, refreshMonitor);
+  initRollout(() => select.value, reloadMonitor);
 }
 
 /** Called when the view is shown: the model list, the figures, then a refresh every 2 s. */
@@ -83,7 +84,14 @@ export function refreshMonitor() {
   return running;
 }
 
+/** Read everything again, after the refresh in flight (it read what a decision has changed). */
+function reloadMonitor() {
+  wanted += 1;
+  return running ? running.then(refreshMonitor) : refreshMonitor();
+}
+
 async function load() {
+  const asked = wanted;
   const model = byId('monitor-model').value;
   if (!model) {
     showError('');
@@ -95,7 +103,7 @@ async function load() {
     const [monitor, rollout, log] = await Promise.all([
       api.monitor(model), api.rollout(model, ALIAS), api.predictions(model, FEED),
     ]);
-    if (byId('monitor-model').value !== model) return; // another model was chosen meanwhile
+    if (asked !== wanted) return; // another model was chosen, or a decision made, meanwhile
     showError('');
     renderVersions(monitor, rollout);
     renderRollout(rollout, Object.keys(monitor.versions).map(Number));
