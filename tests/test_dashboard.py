@@ -426,29 +426,56 @@ VISIBILITY = """(hidden) => {
 }"""
 
 
+def logged_live(api: str) -> list[dict[str, Any]]:
+    """Return the live entries among a model's newest 1,000 logged predictions."""
+    entries = requests.get(f"{api}/predictions?limit=1000", timeout=10).json()["predictions"]
+    return [e for e in entries if e["kind"] == "live"]
+
+
+def shadow_answers(api: str) -> bool:
+    """Ask v2 for one digit; return whether the log holds an answer of the shadow yet."""
+    x_test = sample().x_test
+    assert x_test is not None
+    digit = {"instances": [x_test[-1].reshape(784).tolist()]}
+    answer = requests.post(f"{api}/versions/2:predict", json=digit, timeout=10)
+    assert answer.status_code == 200, answer.text
+    entries = requests.get(f"{api}/predictions?version=1&limit=1000", timeout=10).json()["predictions"]
+    return any(e["kind"] == "shadow" for e in entries)
+
+
+def settled(api: str) -> dict[str, Any] | None:
+    """Return the model's monitor figures if two reads 0.5 s apart agree (the recorder is done), else None."""
+    first = requests.get(f"{api}/monitor", timeout=10).json()["versions"]
+    time.sleep(0.5)
+    second = requests.get(f"{api}/monitor", timeout=10).json()["versions"]
+    return second if first == second else None
+
+
 def send_traffic(server: Server) -> list[dict[str, Any]]:
-    """Predict INVERTED digits with v2, then ROUTED ones through the split; label the routed ones."""
+    """Predict INVERTED digits with v2, then ROUTED ones through the split; label the routed ones.
+
+    A connection per request (no session): both server processes answer, and shadow, some.
+    """
     ds = sample()
     assert ds.x_test is not None and ds.y_test is not None
     labels = []
-    with requests.Session() as http:
-        for i in range(INVERTED):
-            image = 255 - ds.x_test[ROUTED + i].reshape(784)
-            answer = http.post(
-                f"{server.url}/v1/models/mnist/versions/2:predict",
-                json={"instances": [image.tolist()]},
-                timeout=10,
-            )
-            assert answer.status_code == 200, answer.text
-        for i in range(ROUTED):
-            answer = http.post(
-                f"{server.url}/v1/models/mnist:predict",
-                json={"instances": [ds.x_test[i].reshape(784).tolist()]},
-                headers={"X-Routing-Key": f"user-{i}"},
-                timeout=10,
-            )
-            assert answer.status_code == 200, answer.text
-            labels.append({"request_id": answer.json()["request_id"], "label": int(ds.y_test[i])})
+    for i in range(INVERTED):
+        image = 255 - ds.x_test[ROUTED + i].reshape(784)
+        answer = requests.post(
+            f"{server.url}/v1/models/mnist/versions/2:predict",
+            json={"instances": [image.tolist()]},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+    for i in range(ROUTED):
+        answer = requests.post(
+            f"{server.url}/v1/models/mnist:predict",
+            json={"instances": [ds.x_test[i].reshape(784).tolist()]},
+            headers={"X-Routing-Key": f"user-{i}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        labels.append({"request_id": answer.json()["request_id"], "label": int(ds.y_test[i])})
     return labels
 
 
@@ -470,22 +497,23 @@ def test_the_monitor_shows_live_figures_and_decides_the_rollout(
         canary = {"action": "canary", "version": 2, "weight": 0.5, "reason": "half and half"}
         r = requests.post(f"{api}/rollout", json=canary, headers=auth, timeout=10)
         assert r.status_code == 200, r.text
+        shadow = {"version": 1, "sample": 1.0}  # v1 also answers, unseen, every image v2 serves
+        r = requests.put(f"{api}/shadow", json=shadow, headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+        # A server process learns the shadow at its first poll after the model's first request.
+        wait_for(lambda: shadow_answers(api), 30, "the shadow to answer", interval=0.2)
         labels = send_traffic(live)
         # Feedback finds a request once the recorder has logged it (off the request path).
         wait_for(
-            lambda: (
-                len(requests.get(f"{api}/predictions?limit=1000", timeout=10).json()["predictions"])
-                >= ROUTED + INVERTED
-            ),
-            30,
-            "the recorder to log every prediction",
+            lambda: len(logged_live(api)) >= ROUTED + INVERTED, 30, "the recorder to log every prediction"
         )
         counted = requests.post(f"{api}/feedback", json={"labels": labels}, timeout=10).json()
         assert counted["accepted"] == ROUTED, counted
-        monitor = requests.get(f"{api}/monitor", timeout=10).json()["versions"]
+        monitor = wait_for(lambda: settled(api), 30, "the monitor's figures to settle")
         assert sum(v["feedback"] for v in monitor.values()) == ROUTED
         assert all(monitor[v]["requests"] > 0 for v in ("1", "2")), monitor  # the split sent both some
         assert monitor["2"]["drift"]["drifted"]  # inverted digits are far from the training set
+        assert monitor["1"]["shadow"]["compared"] > 0 and monitor["2"]["shadow"] is None
 
         tab.open("monitor")
         for version, figures in monitor.items():
@@ -500,6 +528,14 @@ def test_the_monitor_shows_live_figures_and_decides_the_rollout(
             assert tab.page.get_attribute(card, "data-weight") == "0.5"
             assert tab.page.get_attribute(card, "data-drifted") == str(figures["drift"]["drifted"]).lower()
             assert f"{figures['drift']['score']:.2f}" in tab.page.inner_text(f"{card} .drift dd")
+        compared = monitor["1"]["shadow"]["compared"]
+        shadow_card = ".monitor-card[data-version='1']"
+        assert f"{monitor['1']['shadow']['agreement'] * 100:.1f}%" == tab.page.inner_text(
+            f"{shadow_card} .agreement dd"
+        )
+        assert f"of {compared} compared" in tab.page.inner_text(f"{shadow_card} .agreement")
+        assert "shadow 100%" in tab.page.inner_text(f"{shadow_card} .version-head")
+        assert tab.page.locator(".monitor-card[data-version='2'] .agreement").count() == 0
         assert tab.page.locator(".monitor-card[data-version='2'].is-drifted").count() == 1
         assert tab.page.locator(".monitor-card[data-version='2'] .drift-pill").inner_text() == "drifted"
 

@@ -108,7 +108,6 @@ async function load() {
     renderVersions(monitor, rollout);
     renderRollout(rollout, Object.keys(monitor.versions).map(Number));
     renderFeed(log.predictions);
-    byId('monitor').dataset.refreshed = String(Date.now()); // tests wait for a refresh after an action
   } catch (err) {
     showError(describeError(err));
   }
@@ -161,7 +160,7 @@ function versionCard({ version, figures: f, rate }, split, canary, shadow) {
   h('dl', { class: 'metrics' },
     figure('Requests', f.requests.toLocaleString(), rate === null ? 'counting…' : `${rate < 10 ? rate.toFixed(1) : Math.round(rate)}/s now`),
     figure('Online accuracy', percent(f.online_accuracy), `${f.feedback.toLocaleString()} feedback label${f.feedback === 1 ? '' : 's'}`, 'strong accuracy'),
-    f.shadow ? figure('Shadow agreement', percent(f.shadow.agreement), `of ${f.shadow.compared.toLocaleString()} compared`, 'shadow') : null,
+    f.shadow ? figure('Shadow agreement', percent(f.shadow.agreement), `of ${f.shadow.compared.toLocaleString()} compared`, 'agreement') : null,
     driftFigure(drift, f.requests)));
 }
 
