@@ -25,6 +25,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_KEY_PREFIX = "mnist:"
 #: RQ queue that training jobs go to.
 DEFAULT_QUEUE = "training"
+#: Feedback labels per version that the online accuracy and confusion are computed over.
+DEFAULT_FEEDBACK_WINDOW = 1000
 #: The HTML comments that enclose the generated settings table in a Markdown document.
 TABLE_BEGIN = "<!-- settings:begin -->"
 TABLE_END = "<!-- settings:end -->"
@@ -156,6 +158,13 @@ class Settings:
         100_000,
         "entries of each model's prediction log in Redis (about 900 bytes each with its pixels); the"
         " feedback labels are bounded to the same number",
+    )
+    feedback_window: int = _env_field(
+        "MNIST_FEEDBACK_WINDOW",
+        DEFAULT_FEEDBACK_WINDOW,
+        "feedback labels per version that the online accuracy and confusion of /monitor and /metrics"
+        " are computed over: the last W/2 to W (two generations of W/2 labels' counters, W/2 rounded"
+        " down, at least 1); the totals since the version first served are shown beside them",
     )
     recorder_queue: int = _env_field(
         "MNIST_RECORDER_QUEUE",

@@ -119,10 +119,23 @@ class Keys:
     def version_stats(self, model: str, version: int) -> str:
         """Hash of one version's counters.
 
-        requests, feedback, correct, confusion:<true>:<predicted>, shadow_compared, shadow_agreed,
-        and the live drift profile profile:<feature>:<bin>.
+        requests, feedback, correct, confusion:<true>:<predicted> (totals since it first served; the
+        rolling window's are in `window_current` and `window_previous`), shadow_compared,
+        shadow_agreed, and the live drift profile profile:<feature>:<bin>.
         """
         return f"{self.prefix}model:{model}:v{version}:stats"
+
+    def window_current(self, model: str, version: int) -> str:
+        """Hash of the version's newest feedback counters: feedback, correct, confusion:<true>:<predicted>.
+
+        It counts up to MNIST_FEEDBACK_WINDOW / 2 labels, then becomes `window_previous` (whose
+        counters it replaces) and a new one starts: the two hold the last W/2 to W labels.
+        """
+        return f"{self.prefix}model:{model}:v{version}:window:current"
+
+    def window_previous(self, model: str, version: int) -> str:
+        """Hash of the version's feedback counters of the W/2 labels before `window_current`'s."""
+        return f"{self.prefix}model:{model}:v{version}:window:previous"
 
     def shadow(self, model: str) -> str:
         """Hash `version`, `sample` (0-1) of the model's shadow version, when one is set."""

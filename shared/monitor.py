@@ -1,10 +1,12 @@
 """What each version of a model did live: requests, online accuracy, confusion, shadow agreement, drift.
 
 Read from the counters the recorder and feedback keep in `Keys.version_stats` (see
-services/serving/recorder.py and shared/feedback.py). The drift score compares the live profile
-(``profile:<feature>:<bin>`` counters of the images the version answered) with the training set's,
-stored in the version's metadata under ``"profile"`` (shared/drift.py); without that reference,
-or before any live image, drift is None.
+services/serving/recorder.py and shared/feedback.py). The online accuracy and the confusion are
+the feedback window's (the last MNIST_FEEDBACK_WINDOW labels: `Keys.window_previous` and
+`Keys.window_current` added up), their totals since the version first served beside them. The
+drift score compares the live profile (``profile:<feature>:<bin>`` counters of the images the
+version answered) with the training set's, stored in the version's metadata under ``"profile"``
+(shared/drift.py); without that reference, or before any live image, drift is None.
 """
 
 from __future__ import annotations
@@ -35,16 +37,26 @@ def drift_report(metadata: dict[str, Any], stats: dict[str, int], threshold: flo
     return {"score": score, "features": features, "threshold": threshold, "drifted": score > threshold}
 
 
-def version_report(record: VersionRecord, stats: dict[str, int], threshold: float) -> dict[str, Any]:
-    """Return what the monitor shows of one version, from its record and its counters."""
-    feedback = stats.get("feedback", 0)
-    confusion = [[stats.get(f"confusion:{t}:{p}", 0) for p in range(CLASSES)] for t in range(CLASSES)]
+def feedback_report(counters: dict[str, int]) -> dict[str, Any]:
+    """Return {feedback, online_accuracy (None without feedback), confusion [true][predicted]} of counters."""
+    feedback = counters.get("feedback", 0)
+    confusion = [[counters.get(f"confusion:{t}:{p}", 0) for p in range(CLASSES)] for t in range(CLASSES)]
+    return {
+        "feedback": feedback,
+        "online_accuracy": counters.get("correct", 0) / feedback if feedback else None,
+        "confusion": confusion,
+    }
+
+
+def version_report(
+    record: VersionRecord, stats: dict[str, int], window: dict[str, int], threshold: float
+) -> dict[str, Any]:
+    """Return what the monitor shows of one version, from its record, its counters and its window's."""
     compared = stats.get("shadow_compared", 0)
     return {
         "requests": stats.get("requests", 0),
-        "feedback": feedback,
-        "online_accuracy": stats.get("correct", 0) / feedback if feedback else None,
-        "confusion": confusion,
+        **feedback_report(window),
+        "total": feedback_report(stats),
         "shadow": {"compared": compared, "agreement": stats.get("shadow_agreed", 0) / compared}
         if compared
         else None,
@@ -52,25 +64,43 @@ def version_report(record: VersionRecord, stats: dict[str, int], threshold: floa
     }
 
 
-def read_stats(registry: Registry, model: str, versions: list[int]) -> dict[int, dict[str, int]]:
-    """Return the counters of each of `versions` (one pipeline)."""
+def _read_hashes(registry: Registry, names: list[str]) -> list[dict[str, int]]:
+    """Return the counters of each hash in `names` (one pipeline)."""
     pipe = registry.redis.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(name)
+    return [{k.decode(): int(v) for k, v in raw.items()} for raw in pipe.execute()]
+
+
+def _added(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    """Return the counters of `a` and `b` added up."""
+    return {name: a.get(name, 0) + b.get(name, 0) for name in a.keys() | b.keys()}
+
+
+def read_stats(registry: Registry, model: str, versions: list[int]) -> dict[int, dict[str, int]]:
+    """Return the counters of each of `versions`, totals since it first served (one pipeline)."""
+    found = _read_hashes(registry, [registry.keys.version_stats(model, v) for v in versions])
+    return dict(zip(versions, found, strict=True))
+
+
+def read_windows(registry: Registry, model: str, versions: list[int]) -> dict[int, dict[str, int]]:
+    """Return each version's window counters (feedback, correct, confusion:…), in one pipeline."""
+    names = []
     for version in versions:
-        pipe.hgetall(registry.keys.version_stats(model, version))
-    return {
-        version: {k.decode(): int(v) for k, v in raw.items()}
-        for version, raw in zip(versions, pipe.execute(), strict=True)
-    }
+        names += [registry.keys.window_previous(model, version), registry.keys.window_current(model, version)]
+    found = _read_hashes(registry, names)
+    return {v: _added(found[2 * i], found[2 * i + 1]) for i, v in enumerate(versions)}
 
 
 def monitor(registry: Registry, model: str, threshold: float) -> dict[str, Any]:
     """Return {"model", "versions": {"<v>": report}} for every version of `model` (ModelNotFound: 404)."""
     records = registry.versions(model)
-    stats = read_stats(registry, model, [r.version for r in records])
-    return {
-        "model": model,
-        "versions": {str(r.version): version_report(r, stats[r.version], threshold) for r in records},
+    versions = [r.version for r in records]
+    stats, windows = read_stats(registry, model, versions), read_windows(registry, model, versions)
+    reports = {
+        str(v.version): version_report(v, stats[v.version], windows[v.version], threshold) for v in records
     }
+    return {"model": model, "versions": reports}
 
 
 def every_version(

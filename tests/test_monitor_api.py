@@ -190,6 +190,8 @@ def test_log_feedback_and_monitor_end_to_end(live: Live) -> None:
     assert stats["requests"] == 9 and stats["feedback"] == 7
     assert stats["online_accuracy"] == pytest.approx(5 / 7)
     assert stats["confusion"][4][4] == 5 and stats["confusion"][1][4] == 1 and stats["confusion"][2][4] == 1
+    assert report["window"] == 1000  # fewer labels than the window holds: the window is the total
+    assert stats["total"] == {key: stats[key] for key in ("feedback", "online_accuracy", "confusion")}
     assert stats["shadow"] is None and report["shadow"] is None
     assert set(stats["drift"]) == {"score", "features", "threshold", "drifted"}
     assert set(stats["drift"]["features"]) == set(drift.FEATURES) and stats["drift"]["threshold"] == 0.25
@@ -200,6 +202,30 @@ def test_log_feedback_and_monitor_end_to_end(live: Live) -> None:
     gauges = scrape_until(live, f"mnist_online_accuracy{labels}")
     assert sample(gauges, f"mnist_online_accuracy{labels}") == pytest.approx(5 / 7)
     assert sample(gauges, f"mnist_drift_score{labels}") == pytest.approx(stats["drift"]["score"])
+
+
+def test_the_monitor_shows_the_window_of_the_last_labels_and_the_totals(live: Live) -> None:
+    model = model_name()
+    version = live.publish(model, 9)  # answers 9, always
+    images = np.random.default_rng(9).integers(0, 256, (1000, mlp.INPUT_SIZE), dtype=np.uint8)
+    for request_id in ("right", "wrong"):
+        assert live.predict(model, images, {"X-Request-Id": request_id}).status_code == 200
+    count = live.keys.logged_count(model)
+    wait_for(lambda: int(live.registry.redis.get(count) or 0) >= 2000, 30, "2,000 logged predictions")
+    # The first 1,000 right, then 1,000 wrong: the window (MNIST_FEEDBACK_WINDOW, 1,000) holds the last.
+    for request_id, label in (("right", 9), ("wrong", 0)):
+        r = live.feedback(model, [(f"{request_id}/{i}", label) for i in range(1000)])
+        assert r.status_code == 200 and r.json()["accepted"] == 1000, r.text
+    report = live.monitor(model)
+    stats = report["versions"][str(version)]
+    assert report["window"] == 1000 and stats["requests"] == 2000
+    assert stats["feedback"] == 1000 and stats["online_accuracy"] <= 0.5
+    assert stats["online_accuracy"] == 0.0 and stats["confusion"][0][9] == 1000
+    total = stats["total"]
+    assert total["feedback"] == 2000 and total["online_accuracy"] == pytest.approx(0.5, abs=1e-9)
+    assert total["confusion"][9][9] == 1000 and total["confusion"][0][9] == 1000
+    series = f'mnist_online_accuracy{{model="{model}",version="{version}"}}'
+    assert sample(scrape_until(live, series), series) == 0.0  # the gauge follows the window
 
 
 def scrape_until(live: Live, series: str) -> str:

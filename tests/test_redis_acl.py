@@ -95,6 +95,7 @@ def test_the_predictor_role_serves_on_the_documented_read_rights(
         "env": "development",
         "poll_interval": 0.2,
         "log_sample": 1.0,
+        "feedback_window": 1,  # every label after the first turns the window over (RENAME)
     }
     app = create_app(config)
     http = app.test_client()
@@ -127,16 +128,24 @@ def test_the_predictor_role_serves_on_the_documented_read_rights(
             time.sleep(0.05)
         assert answer["model_version"] == 3
         app.extensions[EXTENSION].predictions.cache.refresh()  # a poll's reads too
+
         # The recorder's writes (log, index, counters) and feedback are the predictor's too.
-        labels = {"labels": [{"request_id": answer["request_id"], "label": 3}]}
-        deadline = time.monotonic() + RELOAD_BOUND
-        counted = {}
-        while time.monotonic() < deadline:  # unknown until the recorder has written the answer
-            counted = http.post("/v1/models/mnist/feedback", json=labels).get_json()
-            if counted["unknown"] == 0:
-                break
-            time.sleep(0.05)
-        assert counted == {"accepted": 1, "unknown": 0, "repeated": 0}
+        def label(answer: dict) -> dict:
+            labels = {"labels": [{"request_id": answer["request_id"], "label": 3}]}
+            deadline = time.monotonic() + RELOAD_BOUND
+            counted = {}
+            while time.monotonic() < deadline:  # unknown until the recorder has written the answer
+                counted = http.post("/v1/models/mnist/feedback", json=labels).get_json()
+                if counted["unknown"] == 0:
+                    break
+                time.sleep(0.05)
+            return counted
+
+        assert label(answer) == {"accepted": 1, "unknown": 0, "repeated": 0}
+        again = http.post("/v1/models/mnist:predict", data=IMAGE.tobytes(), content_type=RAW).get_json()
+        assert again["model_version"] == 3
+        assert label(again) == {"accepted": 1, "unknown": 0, "repeated": 0}
+        assert admin.hget(Keys().window_previous("mnist", 3), "feedback") == b"1"  # turned over
         assert admin.xlen(Keys().prediction_log("mnist")) >= 4
         assert denied(admin) == []  # nothing the predictor did needed more than it has
     finally:

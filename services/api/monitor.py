@@ -87,19 +87,30 @@ class ShadowStatsSchema(Schema):
     agreement = fields.Float(metadata={"description": "share of compared images given the served label"})
 
 
-class VersionMonitorSchema(Schema):
-    requests = fields.Integer(metadata={"description": "images answered (live)"})
-    feedback = fields.Integer(metadata={"description": "feedback labels counted"})
+class FeedbackTotalSchema(Schema):
+    feedback = fields.Integer(metadata={"description": "labels counted since the version first served"})
     online_accuracy = fields.Float(allow_none=True)
     confusion = fields.List(
         fields.List(fields.Integer()), metadata={"description": f"{CLASSES}×{CLASSES}, [true][predicted]"}
     )
+
+
+class VersionMonitorSchema(Schema):
+    requests = fields.Integer(metadata={"description": "images answered (live)"})
+    feedback = fields.Integer(metadata={"description": "feedback labels in the window (the last W/2 to W)"})
+    online_accuracy = fields.Float(allow_none=True, metadata={"description": "over the window's labels"})
+    confusion = fields.List(
+        fields.List(fields.Integer()),
+        metadata={"description": f"the window's, {CLASSES}×{CLASSES}, [true][predicted]"},
+    )
+    total = fields.Nested(FeedbackTotalSchema, metadata={"description": "the same since it first served"})
     shadow = fields.Nested(ShadowStatsSchema, allow_none=True, metadata={"description": "as a shadow"})
     drift = fields.Nested(DriftSchema, allow_none=True, metadata={"description": "null: no reference yet"})
 
 
 class MonitorSchema(Schema):
     model = fields.String()
+    window = fields.Integer(metadata={"description": "MNIST_FEEDBACK_WINDOW: labels a window holds at most"})
     shadow = fields.Nested(ShadowSchema, allow_none=True)
     versions = fields.Dict(keys=fields.String(), values=fields.Nested(VersionMonitorSchema))
 
@@ -135,12 +146,13 @@ def predictions(query: dict[str, Any], model: str) -> Response:
 @blp.response(200, MonitorSchema)
 @blp.alt_response(404, response="NOT_FOUND")
 def get_monitor(model: str) -> Response:
-    """Return each version's requests, online accuracy, confusion, shadow agreement and drift."""
+    """Return each version's requests, rolling online accuracy and confusion, shadow agreement and drift."""
     ctx = services()
     report = monitor(ctx.registry, model, ctx.settings.drift_threshold)
     found = shadows.read(ctx.registry, model)
     shadow = found.to_dict() if found else None
-    return _json({"model": model, "shadow": shadow, "versions": report["versions"]})
+    window = ctx.settings.feedback_window
+    return _json({"model": model, "window": window, "shadow": shadow, "versions": report["versions"]})
 
 
 @blp.route("/<model>/shadow", methods=["PUT"])

@@ -91,7 +91,8 @@ def feedback(model: str) -> Response:
     pairs = read_labels(json_object())
     if ctx.registry.latest(model) is None:
         raise ModelNotFound(f"model {model!r} has no published version")
-    counted = Feedback(ctx.redis, ctx.keys, ctx.settings.log_maxlen).add(model, pairs)
+    feedback = Feedback(ctx.redis, ctx.keys, ctx.settings.log_maxlen, window=ctx.settings.feedback_window)
+    counted = feedback.add(model, pairs)
     if counted.unknown:
         child(FEEDBACK_UNKNOWN, model).inc(counted.unknown)
     payload = {"accepted": counted.accepted, "unknown": counted.unknown, "repeated": counted.repeated}

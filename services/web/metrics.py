@@ -41,7 +41,8 @@ MONITOR_CACHE_SECONDS = 5.0
 MONITOR_GAUGES: tuple[tuple[str, str, Callable[[dict[str, Any]], float | None]], ...] = (
     (
         "mnist_online_accuracy",
-        "Share of feedback labels the version predicted right (no sample before its first label)",
+        "Share of the version's last MNIST_FEEDBACK_WINDOW feedback labels it predicted right (no sample"
+        " before its first label)",
         lambda r: r["online_accuracy"],
     ),
     (
