@@ -1,7 +1,7 @@
 // Monitor view: per version, live traffic (requests, rate, split weight), online accuracy from
-// feedback labels, shadow agreement and drift (GET …/monitor); the live feed of logged
-// predictions; the rollout of production (rollout.js). Refreshed every 2 s while shown and
-// visible; a refresh never overlaps the previous one.
+// feedback labels (the window's, and the total), shadow agreement and drift (GET …/monitor); the
+// live feed of logged predictions; the rollout of production (rollout.js). Refreshed every 2 s
+// while shown and visible; a refresh never overlaps the previous one.
 import { api } from './api.js';
 import { byId, describeError, fixed, h, percent } from './dom.js';
 import { renderFeed } from './feed.js';
@@ -129,14 +129,14 @@ function renderVersions(monitor, rollout) {
   if (!shown.length) shown = entries.slice(-IDLE_SHOWN);
   const weight = (e) => split[e.version] ?? -1;
   shown.sort((a, b) => weight(b) - weight(a) || b.version - a.version);
-  byId('monitor-versions').replaceChildren(...shown.map((e) => versionCard(e, split, rollout.canary, shadow)));
+  byId('monitor-versions').replaceChildren(...shown.map((e) => versionCard(e, split, rollout.canary, shadow, monitor.window)));
   const note = byId('monitor-hidden');
   const hidden = entries.length - shown.length;
   note.hidden = !hidden;
   note.textContent = hidden ? `${hidden} other version${hidden > 1 ? 's' : ''} without traffic not shown.` : '';
 }
 
-function versionCard({ version, figures: f, rate }, split, canary, shadow) {
+function versionCard({ version, figures: f, rate }, split, canary, shadow, feedbackWindow) {
   const weight = split[version];
   const drift = f.drift;
   const tags = [
@@ -159,9 +159,24 @@ function versionCard({ version, figures: f, rate }, split, canary, shadow) {
   h('header', { class: 'version-head' }, h('span', { class: 'version-number' }, `v${version}`), tags),
   h('dl', { class: 'metrics' },
     figure('Requests', f.requests.toLocaleString(), rate === null ? 'counting…' : `${rate < 10 ? rate.toFixed(1) : Math.round(rate)}/s now`),
-    figure('Online accuracy', percent(f.online_accuracy), `${f.feedback.toLocaleString()} feedback label${f.feedback === 1 ? '' : 's'}`, 'strong accuracy'),
+    accuracyFigure(f, feedbackWindow),
     f.shadow ? figure('Shadow agreement', percent(f.shadow.agreement), `of ${f.shadow.compared.toLocaleString()} compared`, 'agreement') : null,
     driftFigure(drift, f.requests)));
+}
+
+function labels(n) {
+  return `${n.toLocaleString()} feedback label${n === 1 ? '' : 's'}`;
+}
+
+// The online accuracy is the feedback window's (its last W/2 + 1 to W labels): a version that
+// turns bad shows it; the total since the version first served is shown beside it once they differ.
+function accuracyFigure(f, feedbackWindow) {
+  const total = f.total;
+  const older = total && total.feedback > f.feedback;
+  const item = figure('Online accuracy', percent(f.online_accuracy), older ? `last ${labels(f.feedback)}` : labels(f.feedback), 'strong accuracy');
+  if (older) item.append(h('small', { class: 'muted total' }, `${percent(total.online_accuracy)} of ${total.feedback.toLocaleString()} in total`));
+  if (feedbackWindow) item.title = `Over the last ${feedbackWindow.toLocaleString()} feedback labels at most (MNIST_FEEDBACK_WINDOW)`;
+  return item;
 }
 
 function figure(name, value, note, kind = '') {
