@@ -276,9 +276,13 @@ def test_the_cache_follows_shadows_only_of_models_asked_about(registry: Registry
     cache = ModelCache(registry, Settings())
     shadows.set_shadow(registry, "m", v1, 0.25)
     cache.refresh()
-    assert cache.shadow("m") is None  # not followed yet
-    cache.refresh()
+    assert cache._shadows == {}  # not followed yet: nothing asked about "m"
+    # The first question reads the setting at once: a fresh process shadows its first requests.
     assert cache.shadow("m") == shadows.Shadow(v1, 0.25)
+    assert v1 in cache.held("m")  # loaded and warmed before the recorder runs it
+    shadows.clear_shadow(registry, "m")
+    cache.refresh()  # followed from then on
+    assert cache.shadow("m") is None
 
 
 def test_setting_a_shadow_checks_the_version(registry: Registry) -> None:
