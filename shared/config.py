@@ -176,6 +176,12 @@ class Settings:
         "drift score (the largest PSI of a version's features, live against training) above which"
         " /monitor and /metrics report the version as drifted",
     )
+    rollout_interval: float = _env_field(
+        "MNIST_ROLLOUT_INTERVAL",
+        30.0,
+        "seconds between two evaluations of the automatic rollout rules, by one web server process"
+        " of the API role at a time (0: never evaluated)",
+    )
     # Datasets (shared/datasets.py).
     sample_path: Path | None = _env_field(
         "MNIST_SAMPLE_PATH",
