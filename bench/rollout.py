@@ -1,0 +1,208 @@
+"""What watching predictions costs: logging, routing and shadowing, side by side; the log's memory.
+
+Two gunicorns (2 workers × 8 threads each, as bench/predict.py's), on private key prefixes of the
+local Redis (or $REDIS_URL), each serving a 784-512-10 model:
+
+- plain: MNIST_LOG_SAMPLE=0, the production alias one version, no shadow;
+- watched: MNIST_LOG_SAMPLE=1 (every image logged), production a 90/10 split of two versions, a
+  third version shadowing every live image (sample 1).
+
+They are measured alternately, round by round (the order swapped every round), on bench/predict.py's
+(a) 10,000-image raw uint8 batch (the fastest of 3 calls) and its (c) one-image JSON requests at
+concurrency 8. After each watched measure the benchmark waits until its recorders are idle (the
+log has stopped growing), so that their work off the request path is never billed to the plain
+server. Each ratio is the median over rounds of watched / plain within a round. Target: the
+watched server at most 10 % slower (ratio ≥ 90 %).
+
+Then memory: bench/log_memory.py logs 1,000,000 predictions with a feedback label each into a
+private Redis, and the largest growth of `used_memory` is checked against the documented bound
+(MNIST_LOG_MAXLEN × the bytes per entry, index and label).
+
+Usage: python bench/rollout.py [--rounds 5] [--seconds 1.5] [--predictions 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, bench/ comes first on sys.path, and bench/client.py would hide the package.
+sys.path[0:1] = [str(ROOT)]
+
+from bench import log_memory  # noqa: E402
+from bench.common import fastest_rate, paired, print_table, save_results, start_gunicorn, stop_gunicorn  # noqa: E402
+from bench.predict import BIG_BATCH, BLAS_SPIN_PAUSE, CONCURRENCY, SIZES, concurrent_rate, post, seconds  # noqa: E402
+from shared import mlp, serialization, shadow  # noqa: E402
+from shared.keys import Keys  # noqa: E402
+from shared.registry import Registry  # noqa: E402
+
+MODEL = "bench"
+#: The most the watched server may be slower by, as a ratio of the plain one's rate.
+TARGET = 0.9
+#: The watched server's settings (the plain one runs with the defaults: nothing logged).
+WATCHED = {"MNIST_LOG_SAMPLE": "1"}
+#: Seconds the recorders may take to go idle after a measure.
+IDLE_TIMEOUT = 30.0
+
+
+def publish(registry: Registry, watched: bool) -> None:
+    """Publish the model; when `watched`, a 90/10 production split and a shadow at sample 1."""
+    blobs = [
+        serialization.model_to_bytes(mlp.init_params(SIZES, np.random.default_rng(seed)), {"bench": True})
+        for seed in range(3 if watched else 1)
+    ]
+    versions = [registry.publish(MODEL, blob, {"bench": True}) for blob in blobs]
+    if not watched:
+        registry.set_alias(MODEL, "production", versions[0])
+        return
+    registry.set_split(MODEL, "production", {versions[0]: 0.9, versions[1]: 0.1})
+    shadow.set_shadow(registry, MODEL, versions[2], 1.0)
+
+
+def wait_idle(client: redis.Redis, keys: Keys) -> None:
+    """Wait until the model's log has stopped growing (the recorders have written what they held)."""
+    counter = keys.logged_count(MODEL)
+    deadline = time.monotonic() + IDLE_TIMEOUT
+    last = client.get(counter)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = client.get(counter)
+        if now == last:
+            return
+        last = now
+    raise RuntimeError(f"the recorders were still writing after {IDLE_TIMEOUT} s")
+
+
+def measure(
+    pool, urls: dict[str, str], clients: dict[str, tuple[redis.Redis, Keys]], images: np.ndarray, args
+) -> dict[str, list[float]]:
+    """Return, per round, the raw 10,000-image rate (img/s) and the one-image rate (req/s) of each server."""
+    session = requests.Session()
+    raw = images.tobytes()
+    single = orjson.dumps({"instances": images[:1]}, option=orjson.OPT_SERIALIZE_NUMPY)
+    path = f"/v1/models/{MODEL}:predict"
+
+    def batch_rate(url: str) -> float:
+        return BIG_BATCH / seconds(lambda: post(session, url + path, raw, "application/octet-stream"))
+
+    for name, url in urls.items():  # warm-up: every thread of both workers, the shadow loaded
+        post(session, url + path, raw, "application/octet-stream")
+        concurrent_rate(pool, url, "POST", path, single, "application/json", 0.5)
+        wait_idle(*clients[name])
+    rates: dict[str, list[float]] = {f"{kind}_{name}": [] for kind in ("raw", "single") for name in urls}
+    for round_ in range(args.rounds):
+        order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
+        for name in order:
+            rates[f"raw_{name}"].append(fastest_rate(lambda name=name: batch_rate(urls[name])))
+            wait_idle(*clients[name])
+            time.sleep(BLAS_SPIN_PAUSE)
+            rates[f"single_{name}"].append(
+                concurrent_rate(pool, urls[name], "POST", path, single, "application/json", args.seconds)
+            )
+            wait_idle(*clients[name])
+    return rates
+
+
+def main() -> None:
+    """Run the benchmark and print its table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds of every measure")
+    parser.add_argument("--seconds", type=float, default=1.5, help="duration of each concurrent run")
+    parser.add_argument("--predictions", type=int, default=1_000_000, help="logged for the memory figure")
+    args = parser.parse_args()
+
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(redis_url)
+    prefixes = {name: f"bench-{name}-{uuid.uuid4().hex[:8]}:" for name in ("plain", "watched")}
+    clients = {name: (client, Keys(prefix)) for name, prefix in prefixes.items()}
+    images = np.random.default_rng(0).integers(0, 256, (BIG_BATCH, mlp.INPUT_SIZE), dtype=np.uint8)
+    pool = multiprocessing.get_context("fork").Pool(CONCURRENCY)  # forked before any thread exists
+    servers, tmp = {}, Path(tempfile.mkdtemp(prefix="bench-rollout-"))
+    try:
+        for name, prefix in prefixes.items():
+            publish(Registry(client, Keys(prefix)), watched=name == "watched")
+            (tmp / name).mkdir()
+            settings = WATCHED if name == "watched" else {}
+            servers[name] = start_gunicorn(
+                redis_url, prefix, uuid.uuid4().hex, tmp / name, model=MODEL, settings=settings
+            )
+        rates = measure(pool, {name: url for name, (_, url) in servers.items()}, clients, images, args)
+        dropped = sum(
+            float(line.split()[-1])
+            for line in requests.get(servers["watched"][1] + "/metrics", timeout=10).text.splitlines()
+            if line.startswith("mnist_recorder_dropped_total{")
+        )
+    finally:
+        pool.terminate()
+        for process, _ in servers.values():
+            stop_gunicorn(process)
+        for prefix in prefixes.values():
+            for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                client.delete(key)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ratios = {kind: paired(rates[f"{kind}_watched"], rates[f"{kind}_plain"]) for kind in ("raw", "single")}
+    memory = log_memory.measure(args.predictions)
+    limit = log_memory.bound(int(memory["log_maxlen"]))
+
+    def median(key: str) -> float:
+        return statistics.median(rates[key])
+
+    rows = [
+        {
+            "measure": "(a) raw uint8, 10,000 per request",
+            "plain": f"{median('raw_plain'):,.0f} img/s",
+            "watched": f"{median('raw_watched'):,.0f} img/s",
+            "ratio": f"{100 * ratios['raw']:.0f} %",
+            "target": "≥ 90 %",
+        },
+        {
+            "measure": "(c) one image JSON, concurrency 8",
+            "plain": f"{median('single_plain'):,.0f} req/s",
+            "watched": f"{median('single_watched'):,.0f} req/s",
+            "ratio": f"{100 * ratios['single']:.0f} %",
+            "target": "≥ 90 %",
+        },
+        {
+            "measure": f"Redis used_memory, {args.predictions:,} logged with feedback (largest growth)",
+            "plain": "",
+            "watched": f"{memory['grown'] / 2**20:.1f} MiB",
+            "ratio": f"{100 * memory['grown'] / limit:.0f} % of the bound",
+            "target": f"≤ {limit / 2**20:.1f} MiB",
+        },
+    ]
+    print(f"\n2 servers × 2 gunicorn workers × 8 threads, {os.cpu_count()} CPUs; watched: {WATCHED},")
+    print(f"a 90/10 split, a shadow at sample 1; images the watched recorders dropped: {dropped:,.0f}\n")
+    print_table(rows)
+    path = save_results(
+        "rollout",
+        {
+            "rounds": rates,
+            "ratios": ratios,
+            "target": TARGET,
+            "met": {kind: ratio >= TARGET for kind, ratio in ratios.items()},
+            "recorder_dropped": dropped,
+            "memory_bytes": memory,
+            "memory_bound_bytes": limit,
+            "memory_met": memory["grown"] <= limit,
+        },
+    )
+    print(f"\nsaved {path}")
+
+
+if __name__ == "__main__":
+    main()
