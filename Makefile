@@ -102,12 +102,13 @@ demo: install  ## the service end to end: stack, training job over HTTP, batch p
 up: install  ## run the local stack (gunicorn, 2 training workers, Redis if none answers)
 	$(BIN)/mnist up --port 8000 --workers 2
 
-bench: install  ## every benchmark, side by side ratios (installs the optional PyTorch extra); ~10 min
+bench: install  ## every benchmark, side by side ratios (installs the optional PyTorch extra); ~12 min
 	-$(PIP) $(EDITABLE) '.[dev,bench]'
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/small_batches.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/rollout.py
 	$(BIN)/python bench/front.py
 	$(BIN)/python bench/client.py
 

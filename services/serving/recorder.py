@@ -19,6 +19,12 @@ full), drains it, and for each model:
 
 all of one batch (at most `BATCH_ENTRIES` log entries) in one pipeline. When Redis does not
 answer, the batch is dropped and counted (``reason="redis"``): predictions go on from memory.
+
+The thread spends at most `MNIST_RECORDER_SHARE` of its time writing: after a drain that took t
+seconds (Redis's work included: the pipeline waits for its replies) it pauses `pause_after(t)`
+before the next, while the queue fills and then drops what overflows. Under a load heavier than
+that share can write (every image of 10,000-image batches logged and shadowed: a drain costs more
+than the request), recording is what gives, never the predictions (docs/rollout.md, overhead).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ FLUSH_SECONDS = 0.1
 BATCH_ENTRIES = 500
 #: Seconds between two warnings about the same failure (Redis away, a shadow that cannot load).
 WARN_EVERY = 30.0
+#: Smallest MNIST_RECORDER_SHARE taken (a pause of 99 times the drain's time).
+MIN_SHARE = 0.01
 
 
 def item_id(request_id: str, index: int, count: int) -> str:
@@ -66,6 +74,13 @@ def _rows(
     ids = [item_id(prediction.request_id, i, n) for i in rows.tolist()]
     versions = np.full(len(rows), prediction.version)
     return Rows(ids, versions, labels[rows], kind * len(rows), prediction.probabilities[rows], pixels[rows])
+
+
+def pause_after(elapsed: float, share: float) -> float:
+    """Return the seconds to pause after a drain of `elapsed` s so that drains take `share` of the time."""
+    if share >= 1.0:
+        return 0.0
+    return elapsed * (1.0 / max(share, MIN_SHARE) - 1.0)
 
 
 def as_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -86,6 +101,7 @@ class Recorder:
         self.capacity = max(settings.recorder_queue, 0)
         self.sample = min(max(settings.log_sample, 0.0), 1.0)
         self.drift_sample = min(max(settings.drift_sample, 0.0), 1.0)
+        self.share = settings.recorder_share
         self.log = PredictionLog(redis, keys, settings.log_maxlen)
         self._queue: list[tuple[Prediction, np.ndarray]] = []
         self._images = 0
@@ -147,10 +163,12 @@ class Recorder:
             self._wake.clear()
             self._urgent.wait(FLUSH_SECONDS)  # gather a batch
             self._urgent.clear()
+            started = time.monotonic()
             try:
                 self.drain()
             except Exception:  # the thread's boundary: recording must go on
                 log.exception("recorder: unexpected error")
+            self._stop.wait(pause_after(time.monotonic() - started, self.share))  # stop: at once
         self.drain()
 
     def drain(self) -> int:
