@@ -66,16 +66,6 @@ def item_id(request_id: str, index: int, count: int) -> str:
     return request_id if count == 1 else f"{request_id}/{index}"
 
 
-def _rows(
-    prediction: Prediction, rows: np.ndarray, pixels: np.ndarray, labels: np.ndarray, kind: bytes
-) -> Rows:
-    """Return the log rows of some images (indices `rows`) of one answer."""
-    n = len(pixels)
-    ids = [item_id(prediction.request_id, i, n) for i in rows.tolist()]
-    versions = np.full(len(rows), prediction.version)
-    return Rows(ids, versions, labels[rows], kind * len(rows), prediction.probabilities[rows], pixels[rows])
-
-
 def pause_after(elapsed: float, share: float) -> float:
     """Return the seconds to pause after a drain of `elapsed` s so that drains take `share` of the time."""
     if share >= 1.0:
@@ -88,6 +78,46 @@ def as_uint8(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels
     return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+
+
+class _Stacked:
+    """The images of several answers of one model as one batch: pixels, labels, versions, ids."""
+
+    def __init__(self, group: list[tuple[Prediction, np.ndarray]]) -> None:
+        raws = [raw for _, raw in group]
+        if len(raws) == 1:  # a large batch alone: no copy
+            self.pixels = as_uint8(raws[0])
+        elif len({raw.dtype for raw in raws}) == 1:
+            self.pixels = as_uint8(np.concatenate(raws))
+        else:  # uint8 and float rows mixed: each converted as it is
+            self.pixels = np.concatenate([as_uint8(raw) for raw in raws])
+        self.predictions = [prediction for prediction, _ in group]
+        self.counts = np.array([len(raw) for raw in raws])
+        self.probabilities = np.concatenate([p.probabilities for p in self.predictions])
+        self.labels = self.probabilities.argmax(axis=1)
+        self.versions = np.repeat([p.version for p in self.predictions], self.counts)
+        self.owner = np.repeat(np.arange(len(group)), self.counts)  # the answer each image belongs to
+        self.index = np.arange(len(self.pixels)) - np.repeat(
+            np.cumsum(self.counts) - self.counts, self.counts
+        )
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def rows(self, rows: np.ndarray, kind: bytes) -> Rows:
+        """Return the log rows of images `rows` (indices into the batch)."""
+        ids = [
+            item_id(self.predictions[owner].request_id, index, int(self.counts[owner]))
+            for owner, index in zip(self.owner[rows].tolist(), self.index[rows].tolist(), strict=True)
+        ]
+        return Rows(
+            ids,
+            self.versions[rows],
+            self.labels[rows],
+            kind * len(rows),
+            self.probabilities[rows],
+            self.pixels[rows],
+        )
 
 
 class Recorder:
@@ -188,26 +218,32 @@ class Recorder:
 
     # --- writing ----------------------------------------------------------------------------------
     def _write(self, model: str, group: list[tuple[Prediction, np.ndarray]]) -> None:
-        """Count, log and shadow one model's answers: one pipeline per BATCH_ENTRIES log entries."""
+        """Count, log and shadow one model's answers: one pipeline per BATCH_ENTRIES log entries.
+
+        The answers are stacked first and sampled once: per-answer NumPy calls would cost more than
+        the writing itself for one-image requests (about 30 µs each).
+        """
+        batch = _Stacked(group)
         requests: dict[int, int] = defaultdict(int)
+        for prediction, raw in group:
+            requests[prediction.version] += len(raw)
         profiled: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+        rows = self._sampled(len(batch), self.drift_sample)
+        if len(rows):
+            for version in np.unique(batch.versions[rows]).tolist():
+                mine = rows[batch.versions[rows] == version]
+                profiled[version].append((batch.pixels[mine], batch.labels[mine]))
         logged: list[Rows] = []
+        rows = self._sampled(len(batch), self.sample)
+        if len(rows):
+            logged.append(batch.rows(rows, b"l"))
         shadow = self.cache.shadow(model)
         shadowed: list[Rows] = []  # the served answers of the images the shadow answers too
-        for prediction, raw in group:
-            pixels = as_uint8(raw)
-            labels = prediction.labels
-            requests[prediction.version] += len(pixels)
-            rows = self._sampled(len(pixels), self.drift_sample)
+        if shadow is not None:
+            rows = self._sampled(len(batch), shadow.sample)
+            rows = rows[batch.versions[rows] != shadow.version]
             if len(rows):
-                profiled[prediction.version].append((pixels[rows], labels[rows]))
-            rows = self._sampled(len(pixels), self.sample)
-            if len(rows):
-                logged.append(_rows(prediction, rows, pixels, labels, b"l"))
-            if shadow is not None and shadow.version != prediction.version:
-                rows = self._sampled(len(pixels), shadow.sample)
-                if len(rows):
-                    shadowed.append(_rows(prediction, rows, pixels, labels, b"s"))
+                shadowed.append(batch.rows(rows, b"s"))
         pipe = self.redis.pipeline(transaction=False)
         for version, count in requests.items():
             pipe.hincrby(self.keys.version_stats(model, version), "requests", count)
