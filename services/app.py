@@ -45,6 +45,7 @@ from shared.jobs import Jobs
 from shared.keys import Keys
 from shared.redis_conn import connect
 from shared.registry import Registry
+from shared.rollout_rule import RuleTimer
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ DEFAULTS: dict[str, Any] = {
     "JSON_SORT_KEYS": False,
     # Start the model cache's watcher (pub/sub + poll); tests of other parts may turn it off.
     "MODEL_WATCHER": True,
+    # Evaluate the automatic rollout rules every MNIST_ROLLOUT_INTERVAL s (API role only).
+    "ROLLOUT_TIMER": True,
 }
 
 
@@ -186,4 +189,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     if app.config["MODEL_WATCHER"]:
         predictions.start()
+    if app.config["ROLLOUT_TIMER"] and settings.role != "predictor" and settings.rollout_interval > 0:
+        # Its own connections (the watcher's client): never one of the requests' slots.
+        RuleTimer(watcher, settings.rollout_interval, settings.drift_threshold).start()
     return app

@@ -197,6 +197,13 @@ class Settings:
         " path, held as they were decoded (784 bytes each, 3 KiB for JSON's float32); beyond it they"
         " are dropped and counted, never waited for",
     )
+    recorder_share: float = _env_field(
+        "MNIST_RECORDER_SHARE",
+        0.05,
+        "share (0.01–1) of the time each web server process's recorder thread may spend writing (Redis's"
+        " work included); beyond it the thread pauses and the queue drops what overflows (counted): the"
+        " bound on what recording costs the predictions",
+    )
     drift_sample: float = _env_field(
         "MNIST_DRIFT_SAMPLE",
         0.1,
@@ -208,6 +215,12 @@ class Settings:
         0.25,
         "drift score (the largest PSI of a version's features, live against training) above which"
         " /monitor and /metrics report the version as drifted",
+    )
+    rollout_interval: float = _env_field(
+        "MNIST_ROLLOUT_INTERVAL",
+        30.0,
+        "seconds between two evaluations of the automatic rollout rules, by one web server process"
+        " of the API role at a time (0: never evaluated)",
     )
     # Datasets (shared/datasets.py).
     sample_path: Path | None = _env_field(
