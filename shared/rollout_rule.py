@@ -22,7 +22,7 @@ import redis
 
 from shared import rollout
 from shared.errors import InvalidInput, MnistError, ModelNotFound, RolloutConflict
-from shared.monitor import drift_report, read_stats
+from shared.monitor import drift_report, read_stats, read_windows
 from shared.registry import Registry, check_name
 from shared.rollout import Observed, Rule, Verdict
 
@@ -59,16 +59,17 @@ def delete(registry: Registry, model: str) -> bool:
 
 
 def observe(registry: Registry, model: str, versions: list[int], threshold: float) -> dict[int, Observed]:
-    """Return what each of `versions` did live: feedback, correct answers, drift score (or None)."""
+    """Return what each of `versions` did live: feedback and correct answers over the feedback
+    window (MNIST_FEEDBACK_WINDOW: the recent labels, as the monitor shows them), drift score (or None)."""
     stats = read_stats(registry, model, versions)
+    windows = read_windows(registry, model, versions)
     seen = {}
     for version in versions:
-        counters = stats[version]
-        report = drift_report(registry.record(model, version).metadata, counters, threshold)
+        report = drift_report(registry.record(model, version).metadata, stats[version], threshold)
         seen[version] = Observed(
             version,
-            counters.get("feedback", 0),
-            counters.get("correct", 0),
+            windows[version].get("feedback", 0),
+            windows[version].get("correct", 0),
             report["score"] if report else None,
         )
     return seen

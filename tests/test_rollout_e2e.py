@@ -131,7 +131,7 @@ def test_train_canary_roll_back_retrain_on_feedback_promote(live: Live) -> None:
     assert canary_accuracy < base_accuracy - 0.02
     seen = monitor(live)
     assert seen[str(v2)]["online_accuracy"] < seen[str(v1)]["online_accuracy"]
-    assert seen[str(v1)]["feedback"] + seen[str(v2)]["feedback"] == 2000
+    assert seen[str(v1)]["total"]["feedback"] + seen[str(v2)]["total"]["feedback"] == 2000
     assert live.get(f"/v1/models/{MODEL}/aliases/production").json()["version"] == v1
 
     # Close the loop: the labelled traffic, merged with mnist-sample, trains v3.

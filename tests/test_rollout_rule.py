@@ -124,6 +124,8 @@ def test_put_get_delete_the_rule(app_client: FlaskClient, app_env: StackEnv) -> 
     ("model", "body", "status"),
     [
         ("ruled", {**BODY, "min_feedback": 0}, 400),
+        # more labels than the feedback window (1000 by default) is sure to hold: never reached
+        ("ruled", {**BODY, "min_feedback": 501}, 400),
         ("ruled", {**BODY, "max_accuracy_drop": -0.1}, 400),
         ("ruled", {**BODY, "max_drift": 0}, 400),
         ("ruled", {**BODY, "window": 3}, 400),
@@ -146,7 +148,7 @@ def test_invalid_rules_are_refused(
 def canary_with_counts(
     app_client: FlaskClient, app_env: StackEnv, new: tuple[int, int], old: tuple[int, int]
 ) -> tuple[Registry, int, int]:
-    """Canary the second of two versions at 20 %; give each version (feedback, correct) counters."""
+    """Canary the second of two versions at 20 %; give each version's feedback window (feedback, correct)."""
     base, canary = publish_two(app_client, app_env, "ruled")
     r = app_client.post(
         "/v1/models/ruled/rollout",
@@ -157,7 +159,7 @@ def canary_with_counts(
     registry: Registry = app_client.application.extensions["mnist"].registry
     for version, (feedback, correct) in ((canary, new), (base, old)):
         registry.redis.hset(
-            registry.keys.version_stats("ruled", version), mapping={"feedback": feedback, "correct": correct}
+            registry.keys.window_current("ruled", version), mapping={"feedback": feedback, "correct": correct}
         )
     return registry, base, canary
 

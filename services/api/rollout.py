@@ -20,7 +20,7 @@ from services.web.auth import read_access, write_access
 from services.web.blueprint import VALIDATION_STATUS, Blueprint
 from services.web.context import services
 from shared import rollout, rollout_rule, splits
-from shared.errors import RuleNotFound
+from shared.errors import InvalidInput, RuleNotFound
 from shared.registry import check_name
 
 blp = Blueprint(
@@ -91,8 +91,17 @@ def _rule_view(model: str, rule: rollout.Rule) -> dict[str, Any]:
 @blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
 def put_rule(body: dict[str, Any], model: str) -> dict[str, Any]:
     """Set the rule that promotes or rolls back the alias's canary by itself (off the request path)."""
-    rule = rollout_rule.put(services().registry, model, rollout.Rule(**body))
-    return _rule_view(model, rule)
+    svc = services()
+    rule = rollout.Rule(**body)
+    # The rule counts the labels of the feedback window, which holds at least half of it.
+    reachable = max(1, svc.settings.feedback_window // 2)
+    if rule.min_feedback > reachable:
+        raise InvalidInput(
+            f"min_feedback is {rule.min_feedback}, but the feedback window (MNIST_FEEDBACK_WINDOW ="
+            f" {svc.settings.feedback_window}) keeps only the last {reachable} to"
+            f" {svc.settings.feedback_window} labels: at most {reachable}"
+        )
+    return _rule_view(model, rollout_rule.put(svc.registry, model, rule))
 
 
 @blp.route("/<model>/rollout/rule", methods=["GET"])
