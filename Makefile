@@ -138,6 +138,7 @@ bench: install  ## every benchmark, side by side ratios (installs the optional P
 	$(BIN)/python bench/small_batches.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/predict.py --latency $(if $(OLD),--old $(OLD))
+	$(BIN)/python bench/rollout.py
 	$(BIN)/python bench/front.py
 	$(BIN)/python bench/client.py
 

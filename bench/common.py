@@ -53,11 +53,13 @@ def start_gunicorn(
     threads: int = 8,
     blas_threads: int = 1,
     also_bind: tuple[str, ...] = (),
+    settings: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start the service's gunicorn on a free port; return (process, base URL) once /healthz answers.
 
     `tmp` holds the Prometheus files and gunicorn.log; `model` is the default model of /v1/jobs;
-    `also_bind` lists more addresses it listens on (a unix socket: "unix:PATH").
+    `also_bind` lists more addresses it listens on (a unix socket: "unix:PATH"); `settings` more
+    environment variables (MNIST_LOG_SAMPLE…).
     """
     port = free_port()
     env = dict(os.environ)
@@ -74,6 +76,7 @@ def start_gunicorn(
             "OMP_NUM_THREADS": str(blas_threads),
             "MNIST_LOG_LEVEL": "warning",
             "PYTHONPATH": str(ROOT),
+            **(settings or {}),
         }
     )
     cmd = [

@@ -247,6 +247,22 @@ class Client:
         params = {"alias": alias} if alias else None
         return self._json("GET", f"/v1/models/{_segment(name)}/rollout", params=params, auth=READ)
 
+    def rollout_rule(self, name: str) -> dict[str, Any]:
+        """Return the model's automatic rollout rule, with what it would decide now (`now`)."""
+        return self._json("GET", f"/v1/models/{_segment(name)}/rollout/rule", auth=READ)
+
+    def set_rollout_rule(
+        self, name: str, min_feedback: int, max_accuracy_drop: float, **fields: Any
+    ) -> dict[str, Any]:
+        """Set the rule that promotes or rolls back the canary by itself; return it, with its verdict now."""
+        body = {"min_feedback": min_feedback, "max_accuracy_drop": max_accuracy_drop}
+        body.update({k: v for k, v in fields.items() if v is not None})
+        return self._json("PUT", f"/v1/models/{_segment(name)}/rollout/rule", json=body, auth=WRITE)
+
+    def delete_rollout_rule(self, name: str) -> None:
+        """Remove the model's automatic rollout rule."""
+        self._send("DELETE", f"/v1/models/{_segment(name)}/rollout/rule", auth=WRITE)
+
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove an alias (the version it named stays)."""
         self._send("DELETE", f"/v1/models/{_segment(name)}/aliases/{_segment(alias)}", auth=WRITE)

@@ -251,6 +251,19 @@ def add_canary_commands(sub: argparse._SubParsersAction) -> None:
     promote = actions.add_parser("promote", help="the alias names the canary alone")
     rollback = actions.add_parser("rollback", help="the alias names the version before the canary alone")
     status = actions.add_parser("status", help="the alias's split, canary and recent decisions")
+    rule = actions.add_parser(
+        "rule", help="show, set (--min-feedback N --max-accuracy-drop X) or --delete the automatic rule"
+    )
+    rule.add_argument("--min-feedback", type=int, help="labels the canary and its base each need first")
+    rule.add_argument("--max-accuracy-drop", type=float, help="how much lower the canary's accuracy may be")
+    rule.add_argument(
+        "--max-drift", type=float, help="roll back above this drift score (default: not judged)"
+    )
+    rule.add_argument("--disabled", action="store_true", help="keep the rule without applying it")
+    rule.add_argument("--delete", action="store_true", help="remove the rule")
+    rule.add_argument("--model", default="mnist", help="registry name (default: mnist)")
+    rule.add_argument("--alias", help="with a new rule: the alias it watches (default: production)")
+    add_remote_flags(rule, "write")
     for p in (start, promote, rollback, status):
         p.add_argument("--model", default="mnist", help="registry name (default: mnist)")
         p.add_argument("--alias", help="the alias rolled out (default: production)")

@@ -330,6 +330,8 @@ def _split_text(split: dict[str, float] | None) -> str:
 def canary(args: argparse.Namespace) -> int:
     """Start, promote, roll back or show a canary rollout."""
     action = args.canary_action
+    if action == "rule":
+        return _rule(args)
     with client_of(args, READ if action == "status" else WRITE) as client:
         if action == "status":
             answer = client.rollout_status(args.model, args.alias)
@@ -356,6 +358,44 @@ def canary(args: argparse.Namespace) -> int:
             reason = f": {d['reason']}" if d.get("reason") else ""
             after = _split_text(d.get("split"))
             print(f"  {d['time']}  {d['action']}{version} by {d['actor']} → {after}{reason}")
+    return 0
+
+
+def _rule(args: argparse.Namespace) -> int:
+    """Show, set or delete the automatic rollout rule (`mnist canary rule`)."""
+    setting = args.min_feedback is not None or args.max_accuracy_drop is not None
+    if setting and (args.min_feedback is None or args.max_accuracy_drop is None):
+        print("mnist canary rule: a rule needs both --min-feedback and --max-accuracy-drop", file=sys.stderr)
+        return 2
+    with client_of(args, WRITE if setting or args.delete else READ) as client:
+        if args.delete:
+            client.delete_rollout_rule(args.model)
+            print(
+                json.dumps({"model": args.model, "rule": None}) if _json(args) else f"{args.model}: no rule"
+            )
+            return 0
+        if setting:
+            answer = client.set_rollout_rule(
+                args.model,
+                args.min_feedback,
+                args.max_accuracy_drop,
+                max_drift=args.max_drift,
+                enabled=not args.disabled,
+                alias=args.alias,
+            )
+        else:
+            answer = client.rollout_rule(args.model)
+    if _json(args):
+        print(json.dumps(answer))
+        return 0
+    drift = f", max drift {answer['max_drift']}" if answer.get("max_drift") is not None else ""
+    state = "" if answer["enabled"] else " (disabled)"
+    print(
+        f"{args.model} {answer['alias']}: rule after {answer['min_feedback']} labels, accuracy drop at most"
+        f" {answer['max_accuracy_drop']}{drift}{state}"
+    )
+    now = answer["now"]
+    print(f"  now: {now['action'] or 'nothing'}: {now['reason']}")
     return 0
 
 

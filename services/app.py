@@ -45,6 +45,7 @@ from shared.jobs import Jobs
 from shared.keys import Keys
 from shared.redis_conn import connect
 from shared.registry import Registry
+from shared.rollout_rule import RuleTimer
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ DEFAULTS: dict[str, Any] = {
     "JSON_SORT_KEYS": False,
     # Start the model cache's watcher (pub/sub + poll); tests of other parts may turn it off.
     "MODEL_WATCHER": True,
+    # Evaluate the automatic rollout rules every MNIST_ROLLOUT_INTERVAL s (API role only).
+    "ROLLOUT_TIMER": True,
 }
 
 
@@ -147,7 +150,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     clients = redis_clients(settings)
     conn = clients.requests
     keys = Keys(settings.key_prefix)
-    registry = Registry(conn, keys, retention=settings.retention)
+    registry = Registry(
+        conn,
+        keys,
+        retention=settings.retention,
+        min_replicas=settings.min_replicas,
+        # The web server's alias moves wait within its own Redis timeout: a longer WAIT would end as
+        # a read timeout, and the redis-py retry would send the move again.
+        replica_timeout=min(settings.replica_timeout, int(settings.redis_timeout * 800)),
+    )
     watcher = Registry(clients.watcher, keys, retention=settings.retention)
     predictions = PredictionService(registry, settings, watcher=watcher)
     app.extensions[EXTENSION] = Services(
@@ -178,4 +189,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     if app.config["MODEL_WATCHER"]:
         predictions.start()
+    if app.config["ROLLOUT_TIMER"] and settings.role != "predictor" and settings.rollout_interval > 0:
+        # Its own connections (the watcher's client): never one of the requests' slots.
+        RuleTimer(watcher, settings.rollout_interval, settings.drift_threshold).start()
     return app

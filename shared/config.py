@@ -125,13 +125,15 @@ class Settings:
     min_replicas: int = _env_field(
         "MNIST_MIN_REPLICAS",
         0,
-        "replicas that must hold a published version (and a checkpoint) before the job goes on (Redis WAIT);"
-        " fewer within MNIST_REPLICA_TIMEOUT fail the publish, and the job retries (0: do not wait)",
+        "replicas that must hold a published version (and a checkpoint) before the job goes on, and an alias"
+        " move or rollout decision before the API answers (Redis WAIT); fewer within MNIST_REPLICA_TIMEOUT"
+        " fail the publish (the job retries) or answer 503 (0: do not wait)",
     )
     replica_timeout: int = _env_field(
         "MNIST_REPLICA_TIMEOUT",
         2000,
-        "milliseconds a publish or checkpoint waits for MNIST_MIN_REPLICAS replicas to acknowledge it",
+        "milliseconds a publish or checkpoint waits for MNIST_MIN_REPLICAS replicas to acknowledge it"
+        " (the API's alias moves wait at most 80 % of MNIST_REDIS_TIMEOUT)",
     )
     redis_slots: int = _env_field(
         "MNIST_REDIS_SLOTS",
@@ -189,6 +191,13 @@ class Settings:
         " path, held as they were decoded (784 bytes each, 3 KiB for JSON's float32); beyond it they"
         " are dropped and counted, never waited for",
     )
+    recorder_share: float = _env_field(
+        "MNIST_RECORDER_SHARE",
+        0.05,
+        "share (0.01–1) of the time each web server process's recorder thread may spend writing (Redis's"
+        " work included); beyond it the thread pauses and the queue drops what overflows (counted): the"
+        " bound on what recording costs the predictions",
+    )
     drift_sample: float = _env_field(
         "MNIST_DRIFT_SAMPLE",
         0.1,
@@ -200,6 +209,12 @@ class Settings:
         0.25,
         "drift score (the largest PSI of a version's features, live against training) above which"
         " /monitor and /metrics report the version as drifted",
+    )
+    rollout_interval: float = _env_field(
+        "MNIST_ROLLOUT_INTERVAL",
+        30.0,
+        "seconds between two evaluations of the automatic rollout rules, by one web server process"
+        " of the API role at a time (0: never evaluated)",
     )
     # Datasets (shared/datasets.py).
     sample_path: Path | None = _env_field(

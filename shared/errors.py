@@ -69,6 +69,12 @@ class ShadowNotFound(MnistError):
     status = 404
 
 
+class RuleNotFound(MnistError):
+    """A model without an automatic rollout rule (reading or clearing it)."""
+
+    status = 404
+
+
 class VersionInUse(MnistError):
     """Deleting a version that an alias still points at."""
 

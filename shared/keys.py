@@ -44,6 +44,14 @@ class Keys:
         """Stream of rollout decisions (canary, promote, rollback, split), trimmed to about 1,000."""
         return f"{self.prefix}model:{model}:decisions"
 
+    def rollout_rule(self, model: str) -> str:
+        """String: the model's automatic rollout rule, JSON (shared/rollout_rule.py)."""
+        return f"{self.prefix}model:{model}:rollout:rule"
+
+    def rollout_lock(self) -> str:
+        """String, expiring: held by the web process that evaluates the rollout rules this interval."""
+        return f"{self.prefix}rollout:lock"
+
     def blob(self, model: str, version: int) -> str:
         """String: the version's .npz bytes."""
         return f"{self.prefix}model:{model}:v{version}:blob"

@@ -24,6 +24,7 @@ from typing import Any, NoReturn, cast
 import orjson
 import redis
 import redis.client
+from redis.commands.core import Script
 
 from shared import splits as traffic
 from shared.errors import (
@@ -298,8 +299,9 @@ class Registry:
     ) -> None:
         """Use `redis` (binary replies: decode_responses=False) and the names of `keys`.
 
-        With `min_replicas`, `publish` returns only once that many replicas hold the version
-        (Redis WAIT, at most `replica_timeout` ms), else raises ReplicationTimeout.
+        With `min_replicas`, `publish` and the alias moves (`set_alias`, `set_split`,
+        `delete_alias`, and so every rollout decision) return only once that many replicas hold
+        what they wrote (Redis WAIT, at most `replica_timeout` ms), else raise ReplicationTimeout.
         """
         if redis.get_connection_kwargs().get("decode_responses"):
             raise ValueError("the registry stores bytes: use a Redis client without decode_responses")
@@ -382,7 +384,12 @@ class Registry:
         check_name(alias, "alias")
         check_version(version)
         keys, tail = self._decision_parts(model, alias, {version: 1.0}, decision, expect)
-        status = self._set_alias(keys=keys, args=[model, alias, version, self.keys.events(), *tail])
+        status = self._durably(
+            self._set_alias,
+            keys,
+            [model, alias, version, self.keys.events(), *tail],
+            f"alias {model}/{alias}",
+        )
         self._raise(status, model, version=version, alias=alias)
 
     def set_split(
@@ -407,9 +414,11 @@ class Registry:
             return split
         keys, tail = self._decision_parts(model, alias, split, decision, expect)
         primary = traffic.primary(split)
-        status, missing = self._set_split(
-            keys=keys,
-            args=[model, alias, orjson.dumps(traffic.to_json(split)), primary, self.keys.events(), *tail],
+        status, missing = self._durably(
+            self._set_split,
+            keys,
+            [model, alias, orjson.dumps(traffic.to_json(split)), primary, self.keys.events(), *tail],
+            f"split {model}/{alias}",
         )
         self._raise(int(status), model, version=int(missing), alias=alias)
         return split
@@ -444,11 +453,31 @@ class Registry:
         """Remove `alias`; the version it named stays."""
         check_name(model)
         check_name(alias, "alias")
-        status = self._delete_alias(
-            keys=[self.keys.aliases(model), self.keys.models(), self.keys.splits(model)],
-            args=[model, alias, self.keys.events()],
+        status = self._durably(
+            self._delete_alias,
+            [self.keys.aliases(model), self.keys.models(), self.keys.splits(model)],
+            [model, alias, self.keys.events()],
+            f"alias {model}/{alias} deleted",
         )
         self._raise(status, model, alias=alias)
+
+    def _durably(self, script: Script, keys: list[str], args: list[Any], what: str) -> Any:
+        """Run one of the alias scripts; with `min_replicas`, return once that many replicas hold it.
+
+        An alias move, a split or a rollout decision is as much the registry's state as a version:
+        a failover right after it must not bring the previous alias back. ReplicationTimeout when
+        the replicas are late: the move is made on the primary, not yet durable.
+        """
+        if self.min_replicas <= 0:
+            return script(keys=keys, args=args)
+        (reply,) = write_durably(
+            self.redis,
+            self.min_replicas,
+            self.replica_timeout,
+            what,
+            lambda pipe: script(keys=keys, args=args, client=pipe),
+        )
+        return reply
 
     def delete_version(self, model: str, version: int) -> None:
         """Delete a version's name, blob and record at once; VersionInUse while aliased."""

@@ -8,6 +8,11 @@ the automatic rule apply what it returns with `Registry.set_split`, which record
 the same script, and only if the alias is still as the decision saw it (two deciders, a user and
 the rule, cannot both act on one state). `apply` and `read_state` take the registry as an
 argument: this module imports no Redis.
+
+The automatic rule (`Rule`, `judge`) watches a running canary: once the canary and its base each
+have `min_feedback` feedback labels, it rolls the canary back when its online accuracy is below
+the base's by more than `max_accuracy_drop` or its drift score is above `max_drift`, and promotes
+it otherwise. `judge` is pure; shared/rollout_rule.py stores rules and runs them on a timer.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from shared.errors import InvalidInput, RolloutConflict
 
@@ -24,6 +29,10 @@ if TYPE_CHECKING:
 
 #: Decisions read to find an alias's newest one (the stream holds every alias's).
 SCANNED_DECISIONS = 200
+#: Most feedback labels a rule may ask for (a bound that still reads as a number).
+MAX_MIN_FEEDBACK = 10**9
+#: Slack of the rule's comparisons: exactly the allowed drop is allowed, whatever the float rounding.
+_SLACK = 1e-9
 
 
 class Action(StrEnum):
@@ -156,3 +165,117 @@ def apply(registry: Registry, model: str, decision: Decision, actor: Actor, reas
         "actor": actor.value,
     }
     registry.set_split(model, decision.alias, decision.split, decision=record, expect=decision.before)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """When to promote or roll back an alias's canary by itself (see the module docstring)."""
+
+    min_feedback: int
+    max_accuracy_drop: float
+    max_drift: float | None = None
+    enabled: bool = True
+    alias: str = "production"
+
+    def __post_init__(self) -> None:
+        """Refuse a rule that cannot be applied (InvalidInput)."""
+        minimum = self.min_feedback
+        if isinstance(minimum, bool) or not isinstance(minimum, int) or not 1 <= minimum <= MAX_MIN_FEEDBACK:
+            raise InvalidInput(f"min_feedback is labels: 1 to {MAX_MIN_FEEDBACK}, got {minimum!r}")
+        if not _number(self.max_accuracy_drop) or not 0 <= self.max_accuracy_drop <= 1:
+            raise InvalidInput(f"max_accuracy_drop is from 0 to 1, got {self.max_accuracy_drop!r}")
+        if self.max_drift is not None and (not _number(self.max_drift) or self.max_drift <= 0):
+            raise InvalidInput(f"max_drift is a drift score (PSI) above 0, or null, got {self.max_drift!r}")
+        if not isinstance(self.enabled, bool):
+            raise InvalidInput("enabled is true or false")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the rule as stored and shown."""
+        return {
+            "alias": self.alias,
+            "min_feedback": self.min_feedback,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "max_drift": self.max_drift,
+            "enabled": self.enabled,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rule:
+        """Return the rule `data` describes (what `to_dict` wrote); InvalidInput if it is none."""
+        try:
+            return cls(
+                min_feedback=data["min_feedback"],
+                max_accuracy_drop=data["max_accuracy_drop"],
+                max_drift=data.get("max_drift"),
+                enabled=data.get("enabled", True),
+                alias=data.get("alias", "production"),
+            )
+        except (KeyError, TypeError):
+            raise InvalidInput("a rule names min_feedback and max_accuracy_drop") from None
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a version did live: feedback labels, the share of them it answered right, its drift score."""
+
+    version: int
+    feedback: int
+    correct: int
+    drift: float | None = None
+
+    @property
+    def accuracy(self) -> float | None:
+        """Return the online accuracy, or None before any feedback."""
+        return self.correct / self.feedback if self.feedback else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the rule decides: promote, roll back, or nothing yet (`action` None), and why in figures."""
+
+    action: Action | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the verdict as the API shows it."""
+        return {"action": self.action.value if self.action else None, "reason": self.reason}
+
+
+def judge(rule: Rule, canary: Canary | None, seen: dict[int, Observed]) -> Verdict:
+    """Return what `rule` decides about `canary` given what each version did (`seen`, by version)."""
+    if not rule.enabled:
+        return Verdict(None, "the rule is disabled")
+    if canary is None:
+        return Verdict(None, f"{rule.alias!r} runs no canary")
+    new = seen.get(canary.version, Observed(canary.version, 0, 0))
+    old = seen.get(canary.base, Observed(canary.base, 0, 0))
+    for one in (new, old):
+        if one.feedback < rule.min_feedback:
+            waiting = f"waiting: v{one.version} has {one.feedback} of {rule.min_feedback} feedback labels"
+            return Verdict(None, waiting)
+    new_accuracy, old_accuracy = cast(float, new.accuracy), cast(float, old.accuracy)
+    drop = old_accuracy - new_accuracy
+    figures = (
+        f"canary v{new.version} online accuracy {new_accuracy:.4f} over {new.feedback} labels,"
+        f" v{old.version} {old_accuracy:.4f} over {old.feedback}"
+    )
+    if drop > rule.max_accuracy_drop + _SLACK:
+        return Verdict(
+            Action.ROLLBACK, f"{figures}: {drop:.4f} worse, more than the {rule.max_accuracy_drop} allowed"
+        )
+    drift = ""
+    if rule.max_drift is not None:
+        if new.drift is not None and new.drift > rule.max_drift + _SLACK:
+            return Verdict(
+                Action.ROLLBACK, f"{figures}; drift score {new.drift:.4f} above the {rule.max_drift} allowed"
+            )
+        drift = (
+            f"; drift score {new.drift:.4f} within {rule.max_drift}"
+            if new.drift is not None
+            else "; no drift score (no reference profile)"
+        )
+    return Verdict(Action.PROMOTE, f"{figures}: not worse by more than {rule.max_accuracy_drop}{drift}")

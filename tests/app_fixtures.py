@@ -41,6 +41,7 @@ def app_client(app_env: StackEnv) -> FlaskClient:
         "api_token": app_env.token,
         "max_body_bytes": LIMIT,
         "MODEL_WATCHER": False,
+        "ROLLOUT_TIMER": False,
     }
     return create_app(config).test_client()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from shared import pipeline, serialization
 from shared.keys import Keys
 from shared.registry import Registry
 from tests.api_helpers import model_blob, sample, version_meta
-from tests.live_fixtures import ROOT, Process, Server, StackEnv, start_server, start_worker
+from tests.live_fixtures import ROOT, Process, Server, StackEnv, start_server, start_worker, wait_for
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -51,7 +52,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-VIEWS = ("models", "training", "draw", "inspect")
+VIEWS = ("models", "training", "draw", "inspect", "monitor")
 #: Milliseconds the page may take for one step (a view's data, a prediction, an evaluation).
 STEP_MS = 20_000
 #: Seconds a training job may take in the browser test, on busy cores.
@@ -170,9 +171,18 @@ class Tab:
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
     def assert_fits(self) -> None:
-        """Assert the page does not scroll sideways."""
+        """Assert the page does not scroll sideways, nor does the row of tabs."""
         width = self.page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
         assert width[0] <= width[1], f"horizontal overflow: {width}"
+        tabs = self.page.evaluate("(t => [t.scrollWidth, t.clientWidth])(document.querySelector('.tabs'))")
+        assert tabs[0] <= tabs[1], f"the tabs do not fit: {tabs}"
+
+    def assert_heading_below_bar(self, view: str) -> None:
+        """Assert `view`'s heading is not under the sticky top bar."""
+        heading = self.page.locator(f"#{view}-title").bounding_box()
+        bar = self.page.locator(".topbar").bounding_box()
+        assert heading is not None and bar is not None
+        assert heading["y"] >= bar["y"] + bar["height"], (view, heading, bar)
 
     def give_token(self, token: str, field: str = "#token-input") -> None:
         """Answer the token dialog (the API token, or the predict token with field="#predict-token-input")."""
@@ -251,6 +261,26 @@ def test_every_view_at_desktop_and_phone_size(
         tab.page.click("#token-button")
         tab.page.wait_for_selector("#token-dialog[open]")
         tab.shot(f"token-{size}", full_page=False)
+        context.close()
+        assert not tab.errors, tab.errors
+
+
+def test_a_view_opened_by_its_link_starts_below_the_top_bar(
+    browser: Browser, server: Server, trained: tuple[bytes, dict[str, Any]]
+) -> None:
+    """Opening /#view (a fresh page, or a tab's link) scrolls its heading to just below the sticky bar."""
+    publish(server, "mnist", [trained])
+    for viewport in (DESKTOP, PHONE):
+        context = browser.new_context(viewport=viewport)
+        tab = Tab(context.new_page(), server.url)
+        for view in VIEWS:
+            tab.page.goto("about:blank")
+            tab.open(view)  # a page loaded with the view's fragment
+            tab.page.wait_for_load_state("load")
+            tab.assert_heading_below_bar(view)
+        tab.page.click("[data-tab='training']")  # a link within the page scrolls to its view too
+        tab.page.wait_for_selector("body[data-view='training']")
+        tab.assert_heading_below_bar("training")
         context.close()
         assert not tab.errors, tab.errors
 
@@ -380,6 +410,242 @@ def test_promote_and_roll_back(tab: Tab, server: Server) -> None:
     tab.page.wait_for_selector(".version-card[data-version='1'][data-aliases='production']")
     assert requests.get(alias_url, timeout=10).json()["version"] == 1
     assert tab.page.evaluate("sessionStorage.getItem('mnist.token')") == server.env.token
+
+
+#: Requests routed by production's split (one image each, one routing key each), with feedback.
+ROUTED = 60
+#: Feedback labels per version the online accuracy is computed over (MNIST_FEEDBACK_WINDOW).
+WINDOW = 20
+#: Inverted digits (dark ink on white) sent to v2 by number: its live images drift from its training set's.
+INVERTED = 30
+
+
+#: Seconds between two refreshes of the Monitor view (INTERVAL in static/js/monitor.js).
+MONITOR_INTERVAL = 2.0
+#: Hide (true) or show (false) the page as a background tab would be, for the page's scripts.
+VISIBILITY = """(hidden) => {
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+def shown_number(text: str) -> float:
+    """Return the number a figure on the page starts with ("88.9%", "4.54 / 0.25 drifted")."""
+    found = re.match(r"\d+(\.\d+)?", text)
+    assert found, text
+    return float(found.group())
+
+
+def logged_live(api: str) -> list[dict[str, Any]]:
+    """Return the live entries among a model's newest 1,000 logged predictions."""
+    entries = requests.get(f"{api}/predictions?limit=1000", timeout=10).json()["predictions"]
+    return [e for e in entries if e["kind"] == "live"]
+
+
+def shadow_answers(api: str) -> bool:
+    """Ask v2 for one digit; return whether the log holds an answer of the shadow yet."""
+    x_test = sample().x_test
+    assert x_test is not None
+    digit = {"instances": [x_test[-1].reshape(784).tolist()]}
+    answer = requests.post(f"{api}/versions/2:predict", json=digit, timeout=10)
+    assert answer.status_code == 200, answer.text
+    entries = requests.get(f"{api}/predictions?version=1&limit=1000", timeout=10).json()["predictions"]
+    return any(e["kind"] == "shadow" for e in entries)
+
+
+def settled(api: str) -> dict[str, Any] | None:
+    """Return the model's monitor figures if two reads 0.5 s apart agree (the recorder is done), else None."""
+    first = requests.get(f"{api}/monitor", timeout=10).json()["versions"]
+    time.sleep(0.5)
+    second = requests.get(f"{api}/monitor", timeout=10).json()["versions"]
+    return second if first == second else None
+
+
+def send_traffic(server: Server) -> list[dict[str, Any]]:
+    """Predict INVERTED digits with v2, then ROUTED ones through the split; label the routed ones.
+
+    A connection per request (no session): both server processes answer, and shadow, some.
+    """
+    ds = sample()
+    assert ds.x_test is not None and ds.y_test is not None
+    labels = []
+    for i in range(INVERTED):
+        image = 255 - ds.x_test[ROUTED + i].reshape(784)
+        answer = requests.post(
+            f"{server.url}/v1/models/mnist/versions/2:predict",
+            json={"instances": [image.tolist()]},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+    for i in range(ROUTED):
+        answer = requests.post(
+            f"{server.url}/v1/models/mnist:predict",
+            json={"instances": [ds.x_test[i].reshape(784).tolist()]},
+            headers={"X-Routing-Key": f"user-{i}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        labels.append({"request_id": answer.json()["request_id"], "label": int(ds.y_test[i])})
+    return labels
+
+
+def test_the_monitor_shows_live_figures_and_decides_the_rollout(
+    browser: Browser, stack_env: StackEnv, tmp_path: Path, trained: tuple[bytes, dict[str, Any]]
+) -> None:
+    # Every prediction logged, and every image profiled for drift: the figures are exact.
+    # The online accuracy over a window of the last 10 to 20 labels: below each version's 27 or 33.
+    live = start_server(
+        stack_env, tmp_path, MNIST_LOG_SAMPLE="1", MNIST_DRIFT_SAMPLE="1", MNIST_FEEDBACK_WINDOW=str(WINDOW)
+    )
+    api = f"{live.url}/v1/models/mnist"
+    auth = live.env.auth
+    context = browser.new_context(viewport=DESKTOP)
+    tab = Tab(context.new_page(), live.url)
+    try:
+        blob, meta = trained
+        again = (blob, {**meta, "job_id": "in-process-again"})  # one network, two versions (two jobs)
+        assert publish(live, "mnist", [trained, again]) == [1, 2]
+        r = requests.put(f"{api}/aliases/production", json={"version": 1}, headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+        canary = {"action": "canary", "version": 2, "weight": 0.5, "reason": "half and half"}
+        r = requests.post(f"{api}/rollout", json=canary, headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+        shadow = {"version": 1, "sample": 1.0}  # v1 also answers, unseen, every image v2 serves
+        r = requests.put(f"{api}/shadow", json=shadow, headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+        # A server process learns the shadow at its first poll after the model's first request.
+        wait_for(lambda: shadow_answers(api), 30, "the shadow to answer", interval=0.2)
+        labels = send_traffic(live)
+        # Feedback finds a request once the recorder has logged it (off the request path).
+        ids = {label["request_id"] for label in labels}
+        wait_for(lambda: ids <= {e["request_id"] for e in logged_live(api)}, 30, "the recorder to log them")
+        counted = requests.post(f"{api}/feedback", json={"labels": labels}, timeout=10).json()
+        assert counted["accepted"] == ROUTED, counted
+        monitor = wait_for(lambda: settled(api), 30, "the monitor's figures to settle")
+        assert sum(v["total"]["feedback"] for v in monitor.values()) == ROUTED
+        assert all(monitor[v]["requests"] > 0 for v in ("1", "2")), monitor  # the split sent both some
+        assert monitor["2"]["drift"]["drifted"]  # inverted digits are far from the training set
+        assert monitor["1"]["shadow"]["compared"] > 0 and monitor["2"]["shadow"] is None
+
+        tab.open("monitor")
+        for version, figures in monitor.items():
+            card = f".monitor-card[data-version='{version}']"
+            tab.page.wait_for_selector(f"{card}[data-requests='{figures['requests']}']")
+            assert tab.page.get_attribute(card, "data-feedback") == str(figures["feedback"])
+            assert float(tab.page.get_attribute(card, "data-accuracy") or "nan") == pytest.approx(
+                figures["online_accuracy"]
+            )
+            shown = shown_number(tab.page.inner_text(f"{card} .accuracy dd"))  # a percentage, 1 decimal
+            assert shown == pytest.approx(figures["online_accuracy"] * 100, abs=0.051)
+            total = figures["total"]
+            assert figures["feedback"] <= WINDOW < total["feedback"]
+            accuracy = tab.page.inner_text(f"{card} .accuracy")
+            assert f"last {figures['feedback']} feedback labels" in accuracy
+            assert f"of {total['feedback']} in total" in accuracy
+            assert shown_number(tab.page.inner_text(f"{card} .accuracy .total")) == pytest.approx(
+                total["online_accuracy"] * 100, abs=0.051
+            )
+            assert tab.page.get_attribute(card, "data-weight") == "0.5"
+            assert tab.page.get_attribute(card, "data-drifted") == str(figures["drift"]["drifted"]).lower()
+            shown = shown_number(tab.page.inner_text(f"{card} .drift dd"))  # 2 decimals
+            assert shown == pytest.approx(figures["drift"]["score"], abs=0.0051)
+        compared = monitor["1"]["shadow"]["compared"]
+        shadow_card = ".monitor-card[data-version='1']"
+        shown = shown_number(tab.page.inner_text(f"{shadow_card} .agreement dd"))
+        assert shown == pytest.approx(monitor["1"]["shadow"]["agreement"] * 100, abs=0.051)
+        assert f"of {compared} compared" in tab.page.inner_text(f"{shadow_card} .agreement")
+        assert "shadow 100%" in tab.page.inner_text(f"{shadow_card} .version-head")
+        assert tab.page.locator(".monitor-card[data-version='2'] .agreement").count() == 0
+        assert tab.page.locator(".monitor-card[data-version='2'].is-drifted").count() == 1
+        assert tab.page.locator(".monitor-card[data-version='2'] .drift-pill").inner_text() == "drifted"
+
+        # The live feed: the newest 20 logged predictions, each image drawn from its logged pixels.
+        logged = requests.get(f"{api}/predictions?limit=20&pixels=true", timeout=10).json()["predictions"]
+        items = tab.page.locator("#monitor-feed .feed-item")
+        assert items.count() == 20
+        assert [items.nth(i).get_attribute("data-entry") for i in range(20)] == [p["entry"] for p in logged]
+        drawn = tab.page.evaluate(
+            """() => Array.from(document.querySelector('#monitor-feed .feed-item canvas')
+                 .getContext('2d').getImageData(0, 0, 28, 28).data.filter((_, i) => i % 4 === 0))"""
+        )
+        assert drawn == logged[0]["pixels"]
+        assert {p["version"] for p in logged} == {1, 2}  # the split's answers
+        assert tab.page.locator("#decisions .decision").first.get_attribute("data-action") == "canary"
+        assert "half and half" in tab.page.inner_text("#decisions")
+        tab.assert_fits()
+        tab.shot("monitor-live-desktop")
+        phone = browser.new_context(viewport=PHONE)
+        small = Tab(phone.new_page(), live.url)
+        small.open("monitor")
+        small.page.wait_for_selector("#monitor-feed .feed-item")
+        small.assert_fits()
+        small.shot("monitor-live-phone")
+        phone.close()
+        assert not small.errors, small.errors
+
+        # Refreshed while shown: one more answer of v1 shows without a reload.
+        before = int(tab.page.get_attribute(".monitor-card[data-version='1']", "data-requests") or 0)
+        x_test = sample().x_test
+        assert x_test is not None
+        digit = {"instances": [x_test[0].reshape(784).tolist()]}
+        assert requests.post(f"{api}/versions/1:predict", json=digit, timeout=10).status_code == 200
+        tab.page.wait_for_selector(f".monitor-card[data-version='1'][data-requests='{before + 1}']")
+        # Paused while the browser tab is hidden, refreshed at once when it shows again.
+        asked: list[str] = []
+        tab.page.on("request", lambda r: asked.append(r.url) if "/monitor" in r.url else None)
+        tab.page.evaluate(VISIBILITY, True)
+        tab.page.wait_for_selector("#monitor-live[data-state='hidden']")
+        asked.clear()  # a refresh already in flight asked before the tab was hidden
+        time.sleep(3 * MONITOR_INTERVAL)
+        assert asked == [], asked
+        with tab.page.expect_request(lambda r: "/monitor" in r.url):
+            tab.page.evaluate(VISIBILITY, False)
+        tab.page.wait_for_selector("#monitor-live[data-state='live']")
+
+        # Roll the canary back: the first write asks for the token; the split is v1's alone.
+        tab.page.fill("#rollout-reason", "v2 sees inverted digits")
+        tab.page.click("#canary-rollback")
+        tab.give_token(live.env.token)
+        tab.page.wait_for_selector("#rollout[data-canary='']")
+        rollout = requests.get(f"{api}/rollout", timeout=10).json()
+        assert rollout["split"] == {"1": 1.0} and rollout["canary"] is None
+        assert rollout["decisions"][0]["reason"] == "v2 sees inverted digits"
+        tab.page.wait_for_selector("#decisions .decision[data-action='rollback']")
+        assert "v2 sees inverted digits" in tab.page.inner_text("#decisions .decision >> nth=0")
+
+        # A canary started from the page, then promoted.
+        tab.page.select_option("#canary-version", "2")
+        tab.page.fill("#canary-weight", "20")
+        tab.page.fill("#rollout-reason", "second try")
+        tab.page.click("#canary-start")
+        tab.page.wait_for_selector("#rollout[data-canary='2']")
+        assert requests.get(f"{api}/rollout", timeout=10).json()["split"] == {"1": 0.8, "2": 0.2}
+        assert tab.page.inner_text("#canary-promote") == "Promote v2"
+        tab.shot("monitor-canary-desktop")
+        tab.page.click("#canary-promote")
+        tab.page.wait_for_selector("#rollout[data-canary='']")
+        rollout = requests.get(f"{api}/rollout", timeout=10).json()
+        assert rollout["split"] == {"2": 1.0}
+        assert [d["action"] for d in rollout["decisions"][:3]] == ["promote", "canary", "rollback"]
+        assert requests.get(f"{api}/aliases/production", timeout=10).json()["version"] == 2
+
+        # A refused decision says why, on the page: the weight (checked here), the state (by the server).
+        tab.page.select_option("#canary-version", "1")
+        tab.page.fill("#canary-weight", "150")
+        tab.page.click("#canary-start")
+        tab.page.wait_for_selector("#rollout-error:not([hidden])")
+        assert "between 0 and 100" in tab.page.inner_text("#rollout-error")
+        halves = {"versions": {"1": 0.5, "2": 0.5}, "reason": "by hand"}
+        r = requests.put(f"{api}/aliases/production", json=halves, headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+        tab.page.fill("#canary-weight", "10")
+        tab.page.click("#canary-start")  # a canary needs one base version, not a split: 409
+        tab.page.wait_for_selector("#rollout-error:has-text('not one base version')")
+        assert requests.get(f"{api}/rollout", timeout=10).json()["split"] == {"1": 0.5, "2": 0.5}
+    finally:
+        context.close()
+        live.process.stop()
+    assert not tab.errors, tab.errors
 
 
 def test_draw_a_digit_and_get_ten_probabilities(

@@ -18,7 +18,7 @@ import redis
 from client.up import free_port
 from services.serving.cache import ModelCache
 from services.serving.metrics import DROPPED
-from services.serving.recorder import Recorder, item_id
+from services.serving.recorder import Recorder, item_id, pause_after
 from services.serving.service import PredictionService
 from shared import drift, mlp, serialization
 from shared import shadow as shadows
@@ -276,9 +276,13 @@ def test_the_cache_follows_shadows_only_of_models_asked_about(registry: Registry
     cache = ModelCache(registry, Settings())
     shadows.set_shadow(registry, "m", v1, 0.25)
     cache.refresh()
-    assert cache.shadow("m") is None  # not followed yet
-    cache.refresh()
+    assert cache._shadows == {}  # not followed yet: nothing asked about "m"
+    # The first question reads the setting at once: a fresh process shadows its first requests.
     assert cache.shadow("m") == shadows.Shadow(v1, 0.25)
+    assert v1 in cache.held("m")  # loaded and warmed before the recorder runs it
+    shadows.clear_shadow(registry, "m")
+    cache.refresh()  # followed from then on
+    assert cache.shadow("m") is None
 
 
 def test_setting_a_shadow_checks_the_version(registry: Registry) -> None:
@@ -298,3 +302,27 @@ def test_the_drift_profile_counts_a_sample_and_requests_count_all(registry: Regi
     stats = read_stats(registry, "m", [v1])[v1]
     assert stats["requests"] == 400
     assert 120 < drift.count(drift.from_counters(stats)) < 280  # about half, whatever the draw
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "share", "pause"), [(0.2, 1.0, 0.0), (0.2, 0.5, 0.2), (0.2, 0.05, 3.8), (0.1, 0.0, 9.9)]
+)
+def test_the_thread_pauses_to_keep_its_share_of_the_time(elapsed: float, share: float, pause: float) -> None:
+    assert pause_after(elapsed, share) == pytest.approx(pause)
+
+
+def test_a_stop_during_the_pause_still_writes_what_is_queued(
+    registry: Registry, redis_client: redis.Redis, keys: Keys
+) -> None:
+    publish(registry, 5)
+    svc = service(registry, recorder_share=0.01)  # each drain is followed by 99 times its length
+    svc.recorder.start()
+    try:
+        svc.predict("m", IMAGES[:3])
+        deadline = time.monotonic() + 10
+        while redis_client.xlen(keys.prediction_log("m")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        svc.predict("m", IMAGES[:2])  # queued while the thread pauses (or about to)
+    finally:
+        svc.recorder.stop()
+    assert redis_client.xlen(keys.prediction_log("m")) == 5

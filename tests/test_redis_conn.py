@@ -129,6 +129,31 @@ def test_a_publish_that_no_replica_acknowledges_fails_clearly(group: RedisGroup)
         write_durably(registry.redis, 1, 100, "a checkpoint", lambda pipe: pipe.set("test-conn-lost:c", b"1"))
 
 
+def test_alias_moves_and_rollout_decisions_wait_for_the_replica(group: RedisGroup) -> None:
+    primary, replica = group.servers
+    keys = Keys(f"test-conn:{uuid.uuid4().hex[:8]}:")
+    registry = Registry(connect(group.url()), keys, min_replicas=1, replica_timeout=2000)
+    for n in (1, 2):
+        registry.publish("m", label_blob(n), {"n": n}, job_id=f"job-{n}")
+    on_replica = replica.client(group.password)
+    registry.set_alias("m", "production", 1)
+    # Acknowledged: the replica holds the move already, no waiting here.
+    assert on_replica.hget(keys.aliases("m"), "production") == b"1"
+    decision = {"action": "canary", "version": 2, "reason": "test", "actor": "api"}
+    registry.set_split("m", "production", {1: 0.8, 2: 0.2}, decision=decision)
+    assert on_replica.hget(keys.splits("m"), "production") is not None
+    assert on_replica.xlen(keys.decisions("m")) == 1
+    registry.delete_alias("m", "production")
+    assert on_replica.hget(keys.aliases("m"), "production") is None
+
+    replica.kill()
+    late = Registry(connect(group.url()), keys, min_replicas=1, replica_timeout=200)
+    with pytest.raises(ReplicationTimeout, match=r"alias m/production: 0 of the 1 replica"):
+        late.set_alias("m", "production", 2)
+    # Made on the primary, not yet durable: what the 503 says.
+    assert late.aliases("m") == {"production": 2}
+
+
 def test_a_client_follows_a_failover_without_a_restart(group: RedisGroup) -> None:
     primary, replica = group.servers
     client = connect(group.url(), socket_timeout=1, socket_connect_timeout=1, retry=FAILOVER_RETRY)

@@ -128,3 +128,28 @@ def test_push_refuses_a_bad_file_in_one_line(live: Live, tmp_path: Path) -> None
     assert live.get("/v1/models/bad").status_code == 404
     missing = mnist("push", "nope.npz", "--url", live.url, "--token", live.env.token, cwd=tmp_path)
     assert missing.returncode == 1 and "nope.npz" in missing.stderr
+
+
+def test_canary_rule_sets_shows_and_deletes_the_automatic_rule(live: Live, tmp_path: Path) -> None:
+    (tmp_path / "ruled.npz").write_bytes(npz({**layers(params(label=3)), "meta": meta()}))
+    base = remote(live, "push", "ruled.npz", "--model", "ruled", "--alias", "production", cwd=tmp_path)
+    canary = remote(live, "push", "ruled.npz", "--model", "ruled", cwd=tmp_path)["version"]
+    remote(live, "canary", "start", str(canary), "--weight", "0.2", "--model", "ruled", cwd=tmp_path)
+
+    rule = remote(
+        live, "canary", "rule", "--model", "ruled", "--min-feedback", "50", "--max-accuracy-drop", "0.05",
+        "--max-drift", "0.3", cwd=tmp_path,
+    )  # fmt: skip
+    assert rule["min_feedback"] == 50 and rule["max_drift"] == 0.3 and rule["enabled"] is True
+    assert rule["now"] == {"action": None, "reason": f"waiting: v{canary} has 0 of 50 feedback labels"}
+    shown = mnist("canary", "rule", "--model", "ruled", "--url", live.url, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "rule after 50 labels, accuracy drop at most 0.05, max drift 0.3" in shown.stdout
+    assert f"now: nothing: waiting: v{canary} has 0 of 50" in shown.stdout
+    assert base["version"] != canary
+
+    half = mnist("canary", "rule", "--model", "ruled", "--min-feedback", "5", "--url", live.url, cwd=tmp_path)
+    assert half.returncode == 2 and "needs both" in half.stderr
+    remote(live, "canary", "rule", "--model", "ruled", "--delete", cwd=tmp_path)
+    gone = mnist("canary", "rule", "--model", "ruled", "--url", live.url, cwd=tmp_path)
+    assert gone.returncode == 1 and "has no rollout rule" in gone.stderr

@@ -13,6 +13,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from shared.datasets import UPLOAD_KINDS
 from shared.jobs import JobState
+from shared.rollout import MAX_MIN_FEEDBACK
 from shared.schemas import TrainingSpecSchema, name_field
 from shared.splits import MAX_VERSIONS
 
@@ -249,6 +250,48 @@ class RolloutSchema(Schema):
     decisions = fields.List(
         fields.Nested(DecisionSchema), metadata={"description": "newest first, every alias"}
     )
+
+
+class RuleBodySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    min_feedback = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(1, MAX_MIN_FEEDBACK),
+        metadata={"description": "feedback labels the canary and its base each need before a decision"},
+    )
+    max_accuracy_drop = fields.Float(
+        required=True,
+        validate=validate.Range(0, 1),
+        metadata={"description": "how much lower than the base's the canary's online accuracy may be"},
+    )
+    max_drift = fields.Float(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(min=0, min_inclusive=False),
+        metadata={"description": "roll back above this drift score of the canary (null: drift not judged)"},
+    )
+    enabled = fields.Boolean(load_default=True, metadata={"description": "false: kept, not applied"})
+    alias = fields.String(
+        load_default="production", validate=name_field, metadata={"description": "the alias watched"}
+    )
+
+
+class VerdictSchema(Schema):
+    action = fields.String(
+        allow_none=True, metadata={"description": "promote, rollback or null (nothing yet)"}
+    )
+    reason = fields.String(metadata={"description": "why, with the figures"})
+
+
+class RuleSchema(RuleBodySchema):
+    class Meta:
+        unknown = RAISE
+
+    model = fields.String()
+    now = fields.Nested(VerdictSchema, metadata={"description": "what the rule would decide now"})
 
 
 # --- datasets ---------------------------------------------------------------------------------

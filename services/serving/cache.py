@@ -231,11 +231,16 @@ class ModelCache:
         return self._version(model, version)
 
     def shadow(self, model: str) -> shadows.Shadow | None:
-        """Return the model's shadow as last read (None until the next poll for a model new here)."""
-        found = self._shadows.get(model)
-        if found is None and model not in self._shadows:
-            self._shadows[model] = None  # followed from now on: the poll and events read it
-        return found
+        """Return the model's shadow as last read; the first call for a model reads it now.
+
+        Called off the request path only (the recorder's thread): the first read, and the shadow
+        version's load, must not wait for the next poll, or a fresh process would leave its first
+        requests unshadowed.
+        """
+        if model not in self._shadows:
+            self._refresh_shadow(model)
+            self._shadows.setdefault(model, None)  # followed from now on: the poll and events read it
+        return self._shadows[model]
 
     def held(self, model: str) -> list[int]:
         """Return the versions of `model` held in memory (default, its split's and pinned), sorted."""

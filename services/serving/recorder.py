@@ -19,6 +19,12 @@ full), drains it, and for each model:
 
 all of one batch (at most `BATCH_ENTRIES` log entries) in one pipeline. When Redis does not
 answer, the batch is dropped and counted (``reason="redis"``): predictions go on from memory.
+
+The thread spends at most `MNIST_RECORDER_SHARE` of its time writing: after a drain that took t
+seconds (Redis's work included: the pipeline waits for its replies) it pauses `pause_after(t)`
+before the next, while the queue fills and then drops what overflows. Under a load heavier than
+that share can write (every image of 10,000-image batches logged and shadowed: a drain costs more
+than the request), recording is what gives, never the predictions (docs/rollout.md, overhead).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ FLUSH_SECONDS = 0.1
 BATCH_ENTRIES = 500
 #: Seconds between two warnings about the same failure (Redis away, a shadow that cannot load).
 WARN_EVERY = 30.0
+#: Smallest MNIST_RECORDER_SHARE taken (a pause of 99 times the drain's time).
+MIN_SHARE = 0.01
 
 
 def item_id(request_id: str, index: int, count: int) -> str:
@@ -58,14 +66,11 @@ def item_id(request_id: str, index: int, count: int) -> str:
     return request_id if count == 1 else f"{request_id}/{index}"
 
 
-def _rows(
-    prediction: Prediction, rows: np.ndarray, pixels: np.ndarray, labels: np.ndarray, kind: bytes
-) -> Rows:
-    """Return the log rows of some images (indices `rows`) of one answer."""
-    n = len(pixels)
-    ids = [item_id(prediction.request_id, i, n) for i in rows.tolist()]
-    versions = np.full(len(rows), prediction.version)
-    return Rows(ids, versions, labels[rows], kind * len(rows), prediction.probabilities[rows], pixels[rows])
+def pause_after(elapsed: float, share: float) -> float:
+    """Return the seconds to pause after a drain of `elapsed` s so that drains take `share` of the time."""
+    if share >= 1.0:
+        return 0.0
+    return elapsed * (1.0 / max(share, MIN_SHARE) - 1.0)
 
 
 def as_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -73,6 +78,46 @@ def as_uint8(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels
     return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+
+
+class _Stacked:
+    """The images of several answers of one model as one batch: pixels, labels, versions, ids."""
+
+    def __init__(self, group: list[tuple[Prediction, np.ndarray]]) -> None:
+        raws = [raw for _, raw in group]
+        if len(raws) == 1:  # a large batch alone: no copy
+            self.pixels = as_uint8(raws[0])
+        elif len({raw.dtype for raw in raws}) == 1:
+            self.pixels = as_uint8(np.concatenate(raws))
+        else:  # uint8 and float rows mixed: each converted as it is
+            self.pixels = np.concatenate([as_uint8(raw) for raw in raws])
+        self.predictions = [prediction for prediction, _ in group]
+        self.counts = np.array([len(raw) for raw in raws])
+        self.probabilities = np.concatenate([p.probabilities for p in self.predictions])
+        self.labels = self.probabilities.argmax(axis=1)
+        self.versions = np.repeat([p.version for p in self.predictions], self.counts)
+        self.owner = np.repeat(np.arange(len(group)), self.counts)  # the answer each image belongs to
+        self.index = np.arange(len(self.pixels)) - np.repeat(
+            np.cumsum(self.counts) - self.counts, self.counts
+        )
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def rows(self, rows: np.ndarray, kind: bytes) -> Rows:
+        """Return the log rows of images `rows` (indices into the batch)."""
+        ids = [
+            item_id(self.predictions[owner].request_id, index, int(self.counts[owner]))
+            for owner, index in zip(self.owner[rows].tolist(), self.index[rows].tolist(), strict=True)
+        ]
+        return Rows(
+            ids,
+            self.versions[rows],
+            self.labels[rows],
+            kind * len(rows),
+            self.probabilities[rows],
+            self.pixels[rows],
+        )
 
 
 class Recorder:
@@ -86,6 +131,7 @@ class Recorder:
         self.capacity = max(settings.recorder_queue, 0)
         self.sample = min(max(settings.log_sample, 0.0), 1.0)
         self.drift_sample = min(max(settings.drift_sample, 0.0), 1.0)
+        self.share = settings.recorder_share
         self.log = PredictionLog(redis, keys, settings.log_maxlen)
         self._queue: list[tuple[Prediction, np.ndarray]] = []
         self._images = 0
@@ -147,10 +193,12 @@ class Recorder:
             self._wake.clear()
             self._urgent.wait(FLUSH_SECONDS)  # gather a batch
             self._urgent.clear()
+            started = time.monotonic()
             try:
                 self.drain()
             except Exception:  # the thread's boundary: recording must go on
                 log.exception("recorder: unexpected error")
+            self._stop.wait(pause_after(time.monotonic() - started, self.share))  # stop: at once
         self.drain()
 
     def drain(self) -> int:
@@ -170,26 +218,32 @@ class Recorder:
 
     # --- writing ----------------------------------------------------------------------------------
     def _write(self, model: str, group: list[tuple[Prediction, np.ndarray]]) -> None:
-        """Count, log and shadow one model's answers: one pipeline per BATCH_ENTRIES log entries."""
+        """Count, log and shadow one model's answers: one pipeline per BATCH_ENTRIES log entries.
+
+        The answers are stacked first and sampled once: per-answer NumPy calls would cost more than
+        the writing itself for one-image requests (about 30 µs each).
+        """
+        batch = _Stacked(group)
         requests: dict[int, int] = defaultdict(int)
+        for prediction, raw in group:
+            requests[prediction.version] += len(raw)
         profiled: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+        rows = self._sampled(len(batch), self.drift_sample)
+        if len(rows):
+            for version in np.unique(batch.versions[rows]).tolist():
+                mine = rows[batch.versions[rows] == version]
+                profiled[version].append((batch.pixels[mine], batch.labels[mine]))
         logged: list[Rows] = []
+        rows = self._sampled(len(batch), self.sample)
+        if len(rows):
+            logged.append(batch.rows(rows, b"l"))
         shadow = self.cache.shadow(model)
         shadowed: list[Rows] = []  # the served answers of the images the shadow answers too
-        for prediction, raw in group:
-            pixels = as_uint8(raw)
-            labels = prediction.labels
-            requests[prediction.version] += len(pixels)
-            rows = self._sampled(len(pixels), self.drift_sample)
+        if shadow is not None:
+            rows = self._sampled(len(batch), shadow.sample)
+            rows = rows[batch.versions[rows] != shadow.version]
             if len(rows):
-                profiled[prediction.version].append((pixels[rows], labels[rows]))
-            rows = self._sampled(len(pixels), self.sample)
-            if len(rows):
-                logged.append(_rows(prediction, rows, pixels, labels, b"l"))
-            if shadow is not None and shadow.version != prediction.version:
-                rows = self._sampled(len(pixels), shadow.sample)
-                if len(rows):
-                    shadowed.append(_rows(prediction, rows, pixels, labels, b"s"))
+                shadowed.append(batch.rows(rows, b"s"))
         pipe = self.redis.pipeline(transaction=False)
         for version, count in requests.items():
             pipe.hincrby(self.keys.version_stats(model, version), "requests", count)

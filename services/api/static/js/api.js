@@ -184,6 +184,12 @@ export const api = {
       body: { instances },
       kind: 'predict',
     }),
+  monitor: (m) => request('GET', `/v1/models/${enc(m)}/monitor`),
+  /** The newest `limit` logged predictions of a model, with their pixels. */
+  predictions: (m, limit) => request('GET', `/v1/models/${enc(m)}/predictions?limit=${limit}&pixels=true`),
+  rollout: (m, alias) => request('GET', `/v1/models/${enc(m)}/rollout?alias=${enc(alias)}`),
+  /** Decide a rollout: {action: canary, version, weight, reason} | {action: promote|rollback, reason}. */
+  decide: (m, body) => request('POST', `/v1/models/${enc(m)}/rollout`, { body, kind: 'write' }),
   evaluate: (m, v, body) =>
     request('POST', `/v1/models/${enc(m)}/versions/${v}:evaluate`, { body, kind: 'evaluate' }),
 };

@@ -55,6 +55,18 @@ export function ago(iso) {
   return then.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
 }
 
+/** Return a size×size canvas showing `pixels` (0–255, row-major; an array or a Uint8Array) in gray. */
+export function digitCanvas(pixels, size = 28) {
+  const canvas = h('canvas', { width: size, height: size });
+  const image = new ImageData(size, size);
+  for (let i = 0; i < size * size; i += 1) {
+    const v = pixels[i];
+    image.data.set([v, v, v, 255], 4 * i);
+  }
+  canvas.getContext('2d').putImageData(image, 0, 0);
+  return canvas;
+}
+
 /** Show a short message at the bottom of the page for a few seconds. */
 export function toast(message, kind = 'info') {
   const box = byId('toasts');

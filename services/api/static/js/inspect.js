@@ -1,7 +1,7 @@
 // Inspect view: evaluate one version on a dataset split (POST …/versions/<v>:evaluate) and show
 // its accuracy, confusion matrix and a grid of the images it got wrong.
 import { api } from './api.js';
-import { byId, describeError, duration, h, percent } from './dom.js';
+import { byId, describeError, digitCanvas, duration, h, percent } from './dom.js';
 import { fillDatasets, fillModels, fillVersions } from './pickers.js';
 import { SIZE } from './preprocess.js';
 
@@ -93,11 +93,7 @@ function confusion(matrix, perClass, classes) {
 }
 
 function digit(m, classes) {
-  const canvas = h('canvas', { width: SIZE, height: SIZE });
-  const bytes = Uint8Array.from(atob(m.pixels), (c) => c.charCodeAt(0));
-  const image = new ImageData(SIZE, SIZE);
-  bytes.forEach((v, i) => image.data.set([v, v, v, 255], 4 * i));
-  canvas.getContext('2d').putImageData(image, 0, 0);
+  const canvas = digitCanvas(Uint8Array.from(atob(m.pixels), (c) => c.charCodeAt(0)), SIZE);
   const confidence = m.probabilities ? percent(m.probabilities[m.predicted], 0) : '';
   return h('figure', { class: 'digit', title: `#${m.index}: a ${classes[m.label]} classified as ${classes[m.predicted]} (${confidence})` },
     canvas,

@@ -4,6 +4,7 @@ import { hideJobs, initJobs, showJobs } from './jobs.js';
 import { initDraw, showDraw } from './draw.js';
 import { initInspect, showInspect } from './inspect.js';
 import { initModels, refreshModels } from './models.js';
+import { hideMonitor, initMonitor, showMonitor } from './monitor.js';
 import { initToken } from './token.js';
 
 const VIEWS = {
@@ -11,6 +12,7 @@ const VIEWS = {
   training: { show: showJobs, hide: hideJobs },
   draw: { show: showDraw },
   inspect: { show: showInspect },
+  monitor: { show: showMonitor, hide: hideMonitor },
 };
 let current = null;
 
@@ -32,11 +34,21 @@ function route() {
   });
 }
 
+/** Keep --topbar-height (the CSS's scroll-padding-top) equal to the sticky bar's height. */
+function trackTopbar() {
+  const bar = document.querySelector('.topbar');
+  const set = () => document.documentElement.style.setProperty('--topbar-height', `${bar.offsetHeight}px`);
+  set(); // before the browser scrolls to the URL's fragment
+  new ResizeObserver(set).observe(bar);
+}
+
+trackTopbar();
 initToken();
 initModels();
 initJobs();
 initDraw();
 initInspect();
+initMonitor();
 // A new version (a job finished, an alias moved) shows in the other views when next shown.
 document.addEventListener('registry-changed', () => { if (current === 'models') refreshModels(); });
 window.addEventListener('hashchange', route);
