@@ -47,6 +47,9 @@ BLANK_CENTRE = (SIDE - 1) / 2
 EPSILON = 1e-4
 #: PSI above which a version's live traffic counts as drifted (0.25: a significant shift).
 THRESHOLD = 0.25
+#: Live images a drift score needs before it can say "drifted": below it, each feature's PSI is
+#: mostly sampling noise (about 9 / n for ten bins: 0.09 at 100 images, 0.3 at 30).
+MIN_IMAGES = 100
 #: Prefix of a profile's counters in a Redis hash (`counters`): ``profile:<feature>:<bin>``.
 COUNTER_PREFIX = "profile:"
 #: Images histogrammed at once by `profile` (bounds its temporary memory to about 10 MB).

@@ -24,7 +24,10 @@ MAX_GAUGE_VERSIONS = 500
 
 
 def drift_report(metadata: dict[str, Any], stats: dict[str, int], threshold: float) -> dict[str, Any] | None:
-    """Return {score, features, threshold, drifted} of live against training, or None without both."""
+    """Return {score, features, threshold, images, drifted} of live against training, or None without both.
+
+    `drifted` needs `drift.MIN_IMAGES` live images: fewer score high on sampling noise alone.
+    """
     try:
         reference = drift.check(metadata.get("profile"))
     except ValueError:  # no reference (an imported model) or one of other bins
@@ -34,7 +37,14 @@ def drift_report(metadata: dict[str, Any], stats: dict[str, int], threshold: flo
         return None
     features = drift.psi(reference, live)
     score = max(features.values())
-    return {"score": score, "features": features, "threshold": threshold, "drifted": score > threshold}
+    images = drift.count(live)
+    return {
+        "score": score,
+        "features": features,
+        "threshold": threshold,
+        "images": images,
+        "drifted": images >= drift.MIN_IMAGES and score > threshold,
+    }
 
 
 def feedback_report(counters: dict[str, int]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import threading
 import orjson
 import redis
 
-from shared import rollout
+from shared import drift, rollout
 from shared.errors import InvalidInput, MnistError, ModelNotFound, RolloutConflict
 from shared.monitor import drift_report, read_stats, read_windows
 from shared.registry import Registry, check_name
@@ -70,7 +70,7 @@ def observe(registry: Registry, model: str, versions: list[int], threshold: floa
             version,
             windows[version].get("feedback", 0),
             windows[version].get("correct", 0),
-            report["score"] if report else None,
+            report["score"] if report and report["images"] >= drift.MIN_IMAGES else None,
         )
     return seen
 

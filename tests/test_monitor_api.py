@@ -193,7 +193,8 @@ def test_log_feedback_and_monitor_end_to_end(live: Live) -> None:
     assert report["window"] == 1000  # fewer labels than the window holds: the window is the total
     assert stats["total"] == {key: stats[key] for key in ("feedback", "online_accuracy", "confusion")}
     assert stats["shadow"] is None and report["shadow"] is None
-    assert set(stats["drift"]) == {"score", "features", "threshold", "drifted"}
+    assert set(stats["drift"]) == {"score", "features", "threshold", "images", "drifted"}
+    assert stats["drift"]["images"] == 9 and not stats["drift"]["drifted"]  # too few to say
     assert set(stats["drift"]["features"]) == set(drift.FEATURES) and stats["drift"]["threshold"] == 0.25
     metrics = requests.get(live.url("/metrics"), timeout=30).text
     assert f'mnist_feedback_unknown_total{{model="{model}"}} 1.0' in metrics

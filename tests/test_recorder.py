@@ -260,7 +260,8 @@ def test_drift_is_none_without_a_reference_and_high_when_traffic_shifts(registry
     svc = service(registry)
     svc.predict("m", IMAGES[:5], version=bare)
     referenced = publish(registry, 2)
-    svc.predict("m", np.full((20, mlp.INPUT_SIZE), 255, np.uint8), version=referenced)  # all white
+    white = np.full((drift.MIN_IMAGES, mlp.INPUT_SIZE), 255, np.uint8)  # enough to count as drifted
+    svc.predict("m", white, version=referenced)
     svc.recorder.drain()
     report = monitor(registry, "m", 0.25)["versions"]
     assert report[str(bare)]["drift"] is None
