@@ -72,12 +72,6 @@ class Settings:
         "WEB_CONCURRENCY", 2, "web server processes (gunicorn's WEB_CONCURRENCY convention)"
     )
     web_threads: int = _env_field("MNIST_THREADS", 8, "threads per web server process")
-    web_worker: str = _env_field(
-        "MNIST_WEB_WORKER",
-        "gthread",
-        "gunicorn worker: gthread, or inline (gthread answering whole small un-pinned predictions on"
-        " its event loop's thread, services/inline_worker.py; docs/benchmarks.md, issue 17)",
-    )
     request_timeout: int = _env_field(
         "MNIST_REQUEST_TIMEOUT", 120, "seconds a request may take before its web server process is restarted"
     )
