@@ -116,6 +116,19 @@ def test_a_redis_outage_drops_batches_and_predictions_go_on(registry: Registry, 
     assert dropped("redis") - before == 3
 
 
+def test_a_limited_drain_takes_the_oldest_answers_first(
+    registry: Registry, redis_client: redis.Redis, keys: Keys
+) -> None:
+    publish(registry, 5)
+    svc = service(registry)
+    for i in range(5):
+        svc.predict("m", IMAGES[i : i + 1])
+    svc.predict("m", IMAGES[:10])  # one answer of 10 images: taken whole
+    assert svc.recorder.drain(2) == 2 and svc.recorder.pending() == 13
+    assert svc.recorder.drain(4) == 13 and svc.recorder.pending() == 0  # 3 single ones, then the 10
+    assert redis_client.xlen(keys.prediction_log("m")) == 15
+
+
 def test_the_thread_writes_by_itself(registry: Registry, redis_client: redis.Redis, keys: Keys) -> None:
     publish(registry, 5)
     svc = service(registry)

@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.1
 #: Log entries written per pipeline (one script: Redis runs nothing else meanwhile, ~1 ms), at most.
 BATCH_ENTRIES = 500
+#: Images the thread takes from the queue per drain, at most: a drain holds the GIL for most of its
+#: time, and one of a whole queue (10,000 images logged and shadowed) stalls the request threads.
+DRAIN_IMAGES = 1000
 #: Seconds between two warnings about the same failure (Redis away, a shadow that cannot load).
 WARN_EVERY = 30.0
 #: Smallest MNIST_RECORDER_SHARE taken (a pause of 99 times the drain's time).
@@ -195,16 +198,26 @@ class Recorder:
             self._urgent.clear()
             started = time.monotonic()
             try:
-                self.drain()
+                self.drain(DRAIN_IMAGES)
             except Exception:  # the thread's boundary: recording must go on
                 log.exception("recorder: unexpected error")
+            if self._images:
+                self._wake.set()  # more queued than one drain takes: go on after the pause
             self._stop.wait(pause_after(time.monotonic() - started, self.share))  # stop: at once
         self.drain()
 
-    def drain(self) -> int:
-        """Write everything queued now; return the images taken from the queue."""
+    def drain(self, limit: int | None = None) -> int:
+        """Write what is queued now, or its oldest answers up to `limit` images; return the images taken."""
         with self._lock:
-            items, self._queue, taken, self._images = self._queue, [], self._images, 0
+            if limit is None:
+                items, self._queue, taken = self._queue, [], self._images
+            else:
+                count, taken = 0, 0
+                while count < len(self._queue) and taken < limit:
+                    taken += len(self._queue[count][1])
+                    count += 1
+                items, self._queue = self._queue[:count], self._queue[count:]
+            self._images -= taken
         by_model: dict[str, list[tuple[Prediction, np.ndarray]]] = defaultdict(list)
         for prediction, pixels in items:
             by_model[prediction.model].append((prediction, pixels))
