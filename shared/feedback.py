@@ -25,7 +25,7 @@ from shared.config import DEFAULT_FEEDBACK_WINDOW
 from shared.errors import InvalidInput
 from shared.keys import Keys
 from shared.prediction_log import generation_size
-from shared.registry import _split_around_version, check_name
+from shared.registry import check_name, split_around_version
 
 #: Labels one call may carry.
 MAX_LABELS = 1000
@@ -117,10 +117,10 @@ class Feedback:
         """Count (request id, true label) pairs, each once; return what was accepted, unknown, repeated."""
         check_name(model)
         check_labels(labels)
-        args: list[str | int] = [*_split_around_version(self.keys.prediction_index, model)]
+        args: list[str | int] = [*split_around_version(self.keys.prediction_index, model)]
         args += [generation_size(self.log_maxlen)]
         for build in (self.keys.version_stats, self.keys.window_current, self.keys.window_previous):
-            args += _split_around_version(build, model)
+            args += split_around_version(build, model)
         args += [window_generation(self.window)]
         for request_id, label in labels:
             args += [request_id, label]

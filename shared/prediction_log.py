@@ -24,7 +24,7 @@ import redis
 
 from shared.errors import InvalidInput
 from shared.keys import Keys
-from shared.registry import _split_around_version, check_name
+from shared.registry import check_name, split_around_version
 
 
 class Kind(StrEnum):
@@ -152,7 +152,7 @@ class PredictionLog:
         n = len(rows)
         if not n:
             return
-        head, tail = _split_around_version(self.keys.prediction_index, model)
+        head, tail = split_around_version(self.keys.prediction_index, model)
         self._log(
             keys=[
                 self.keys.prediction_log(model),

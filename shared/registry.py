@@ -263,7 +263,7 @@ def parse_event(message: dict[str, Any] | None) -> dict[str, Any] | None:
     return orjson.loads(message["data"])
 
 
-def _split_around_version(build: Callable[[str, int], str], model: str) -> tuple[str, str]:
+def split_around_version(build: Callable[[str, int], str], model: str) -> tuple[str, str]:
     """Return (head, tail) with build(model, v) == head + str(v) + tail, for the Lua scripts."""
     # The scripts learn the version from INCR, so they assemble per-version key names from
     # the parts keys.py renders around it; the names themselves stay defined in one place.
@@ -595,7 +595,7 @@ class Registry:
         members = cast("list[bytes]", self.redis.zrange(self.keys.versions(model), 0, -1))
         numbers = [int(v) for v in members]
         if not numbers:
-            self._require_model(model)
+            self.require_model(model)
             return []
         raws = self.redis.mget([self.keys.record(model, v) for v in numbers])
         # A version deleted between the two reads is simply no longer listed.
@@ -686,8 +686,8 @@ class Registry:
     def _version_parts(self, model: str) -> list[str]:
         """Return blob head, blob tail, record head, record tail for the scripts."""
         return [
-            *_split_around_version(self.keys.blob, model),
-            *_split_around_version(self.keys.record, model),
+            *split_around_version(self.keys.blob, model),
+            *split_around_version(self.keys.record, model),
         ]
 
     def _drop_keys(self, model: str) -> list[str]:
@@ -700,14 +700,14 @@ class Registry:
             self.keys.splits(model),
         ]
 
-    def _require_model(self, model: str) -> None:
-        """Raise ModelNotFound unless the model has a version."""
+    def require_model(self, model: str) -> None:
+        """Raise ModelNotFound unless the model has a published version."""
         if not self.redis.sismember(self.keys.models(), model):
             raise ModelNotFound(f"model {model!r} has no published version")
 
     def _missing(self, model: str, version: int) -> NoReturn:
         """Raise the error for a version without a record."""
-        self._require_model(model)
+        self.require_model(model)
         raise VersionNotFound(f"model {model!r} has no version {version}")
 
     @staticmethod

@@ -21,7 +21,7 @@ import orjson
 import redis
 
 from shared import drift, rollout
-from shared.errors import InvalidInput, MnistError, ModelNotFound, RolloutConflict
+from shared.errors import InvalidInput, MnistError, RolloutConflict
 from shared.monitor import drift_report, read_stats, read_windows
 from shared.registry import Registry, check_name
 from shared.rollout import Observed, Rule, Verdict
@@ -36,8 +36,7 @@ def put(registry: Registry, model: str, rule: Rule) -> Rule:
     """Store `rule` as the model's (which must have a version: 404), replacing any before."""
     check_name(model)
     check_name(rule.alias, "alias")
-    if registry.latest(model) is None:
-        raise ModelNotFound(f"model {model!r} has no published version")
+    registry.require_model(model)
     registry.redis.set(registry.keys.rollout_rule(model), orjson.dumps(rule.to_dict()))
     return rule
 

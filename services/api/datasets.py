@@ -22,7 +22,7 @@ from services.web.blueprint import LOCATION, VALIDATION_STATUS, Blueprint
 from services.web.bodies import request_body
 from services.web.context import services
 from shared import datasets, feedback_dataset
-from shared.errors import DatasetExists, DatasetNotFound, InvalidInput, ModelNotFound, PayloadTooLarge
+from shared.errors import DatasetExists, DatasetNotFound, InvalidInput, PayloadTooLarge
 from shared.formats import kinds
 from shared.registry import check_name
 
@@ -202,8 +202,7 @@ def from_feedback(body: dict[str, Any], name: str) -> tuple[dict[str, Any], int,
     with _ONE_UPLOAD_AT_A_TIME:
         found = feedback_dataset.read(ctx.redis, ctx.keys, model, version=version, max_images=room)
         if not len(found.labels):
-            if ctx.registry.latest(model) is None:
-                raise ModelNotFound(f"model {model!r} has no published version")
+            ctx.registry.require_model(model)
             which = f"{model} v{version}" if version is not None else model
             raise InvalidInput(
                 f"no logged live prediction of {which} has a feedback label (read {found.scanned:,} log"

@@ -16,7 +16,7 @@ from services.web.auth import read_access, write_access
 from services.web.blueprint import VALIDATION_STATUS, Blueprint
 from services.web.context import services
 from shared import shadow as shadows
-from shared.errors import ModelNotFound, ShadowNotFound
+from shared.errors import ShadowNotFound
 from shared.monitor import CLASSES, monitor
 from shared.prediction_log import MAX_LIMIT, PredictionLog
 from shared.registry import check_name
@@ -120,12 +120,6 @@ def _json(payload: dict[str, Any]) -> Response:
     return Response(orjson.dumps(payload), mimetype="application/json")
 
 
-def _require_model(model: str) -> None:
-    check_name(model)
-    if services().registry.latest(model) is None:
-        raise ModelNotFound(f"model {model!r} has no published version")
-
-
 # --- routes ---------------------------------------------------------------------------------------
 @blp.route("/<model>/predictions", methods=["GET"])
 @read_access(blp)
@@ -135,8 +129,8 @@ def _require_model(model: str) -> None:
 @blp.alt_response(404, response="NOT_FOUND")
 def predictions(query: dict[str, Any], model: str) -> Response:
     """Read the model's prediction log, newest first, by version and time (MNIST_LOG_SAMPLE of them)."""
-    _require_model(model)
     ctx = services()
+    ctx.registry.require_model(check_name(model))
     log = PredictionLog(ctx.redis, ctx.keys, ctx.settings.log_maxlen)
     return _json(log.read(model, **query))
 
