@@ -23,7 +23,8 @@ from services.web.metrics import MONITOR_CACHE_SECONDS, MonitorCollector
 from shared import drift, mlp, serialization
 from shared.keys import Keys
 from shared.registry import Registry
-from tests.live_fixtures import Server, StackEnv, start_server, wait_for
+from tests.api_helpers import new_env
+from tests.live_fixtures import Server, start_server, wait_for
 from tests.redis_fixtures import delete_prefix
 
 RNG = np.random.default_rng(5)
@@ -85,14 +86,9 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    tag = uuid.uuid4().hex[:8]
-    env = StackEnv(
-        redis_url=redis_url,
-        prefix=f"test-{tag}:",
-        queue=f"training-{tag}",
-        token=f"tok-{tag}",
-        extra={"MNIST_PREDICT_TOKEN": f"predict-{tag}", "MNIST_LOG_SAMPLE": "1", "MNIST_DRIFT_SAMPLE": "1"},
-    )
+    env = new_env(redis_url)
+    predict_token = f"predict-{env.token}"
+    env.extra.update(MNIST_PREDICT_TOKEN=predict_token, MNIST_LOG_SAMPLE="1", MNIST_DRIFT_SAMPLE="1")
     client = redis.Redis.from_url(redis_url)
     keys = Keys(env.prefix)
     server = start_server(env, tmp_path_factory.mktemp("monitor"))
@@ -100,8 +96,8 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         server,
         Registry(client, keys),
         keys,
-        {"Authorization": f"Bearer predict-{tag}"},
-        {"Authorization": f"Bearer tok-{tag}"},
+        {"Authorization": f"Bearer {predict_token}"},
+        {"Authorization": f"Bearer {env.token}"},
     )
     server.process.stop()
     delete_prefix(client, env.prefix)
@@ -357,8 +353,9 @@ def test_the_python_client_closes_the_loop(live: Live) -> None:
     model = model_name()
     served, shadow = live.publish(model, 8), live.publish(model, 8)
     live.registry.set_alias(model, "production", served)
-    tag = live.predict_auth["Authorization"].removeprefix("Bearer predict-")
-    client = Client(live.server.url, token=f"tok-{tag}", predict_token=f"predict-{tag}")
+    token = live.write_auth["Authorization"].removeprefix("Bearer ")
+    predict_token = live.predict_auth["Authorization"].removeprefix("Bearer ")
+    client = Client(live.server.url, token=token, predict_token=predict_token)
     with client:
         result = client.predict(IMAGES[:7], model=model, batch_size=3)  # requests of 3, 3 and 1 images
         assert len(result.request_ids) == 7 and len(set(result.request_ids)) == 7
@@ -386,8 +383,8 @@ def test_the_python_client_closes_the_loop(live: Live) -> None:
 def test_a_graceful_stop_writes_what_the_recorder_still_holds(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    env = StackEnv(redis_url, f"test-{tag}:", f"training-{tag}", f"tok-{tag}", {"MNIST_LOG_SAMPLE": "1"})
+    env = new_env(redis_url)
+    env.extra["MNIST_LOG_SAMPLE"] = "1"
     client = redis.Redis.from_url(redis_url)
     keys = Keys(env.prefix)
     try:
