@@ -6,8 +6,6 @@ from flask import request
 
 #: Header naming the routing key (any text: a user, a session); hashed, never stored.
 ROUTING_HEADER = "X-Routing-Key"
-#: The client's own request id, the routing key when no X-Routing-Key is sent.
-REQUEST_ID_HEADER = "X-Request-Id"
 
 
 def routing_key() -> str | None:
