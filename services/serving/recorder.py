@@ -237,15 +237,16 @@ class Recorder:
         the writing itself for one-image requests (about 30 µs each).
         """
         batch = _Stacked(group)
-        requests: dict[int, int] = defaultdict(int)
-        for prediction, raw in group:
-            requests[prediction.version] += len(raw)
-        profiled: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+        pipe = self.redis.pipeline(transaction=False)
+        versions, counts = np.unique(batch.versions, return_counts=True)
+        for version, count in zip(versions.tolist(), counts.tolist(), strict=True):
+            pipe.hincrby(self.keys.version_stats(model, version), "requests", count)
         rows = self._sampled(len(batch), self.drift_sample)
-        if len(rows):
-            for version in np.unique(batch.versions[rows]).tolist():
-                mine = rows[batch.versions[rows] == version]
-                profiled[version].append((batch.pixels[mine], batch.labels[mine]))
+        for version in np.unique(batch.versions[rows]).tolist():
+            mine = rows[batch.versions[rows] == version]
+            profile = drift.profile(batch.pixels[mine], batch.labels[mine])
+            for name, count in drift.counters(profile).items():
+                pipe.hincrby(self.keys.version_stats(model, version), name, count)
         logged: list[Rows] = []
         rows = self._sampled(len(batch), self.sample)
         if len(rows):
@@ -257,15 +258,6 @@ class Recorder:
             rows = rows[batch.versions[rows] != shadow.version]
             if len(rows):
                 shadowed.append(batch.rows(rows, b"s"))
-        pipe = self.redis.pipeline(transaction=False)
-        for version, count in requests.items():
-            pipe.hincrby(self.keys.version_stats(model, version), "requests", count)
-        for version, parts in profiled.items():
-            stats = self.keys.version_stats(model, version)
-            pixels = np.concatenate([p for p, _ in parts])
-            labels = np.concatenate([lab for _, lab in parts])
-            for name, count in drift.counters(drift.profile(pixels, labels)).items():
-                pipe.hincrby(stats, name, count)
         if shadowed and shadow is not None:
             logged += self._shadow(model, shadow.version, Rows.join(shadowed), pipe)
         entries = Rows.join(logged)
