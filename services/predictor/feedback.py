@@ -19,7 +19,7 @@ from services.web.blueprint import Blueprint
 from services.web.bodies import json_object
 from services.web.context import services
 from services.web.errors import error_docs
-from shared.errors import InvalidInput, ModelNotFound
+from shared.errors import InvalidInput
 from shared.feedback import MAX_LABELS, Feedback
 from shared.registry import check_name
 
@@ -89,8 +89,7 @@ def feedback(model: str) -> Response:
     check_predict_token(ctx.settings)
     check_name(model)
     pairs = read_labels(json_object())
-    if ctx.registry.latest(model) is None:
-        raise ModelNotFound(f"model {model!r} has no published version")
+    ctx.registry.require_model(model)
     feedback = Feedback(ctx.redis, ctx.keys, ctx.settings.log_maxlen, window=ctx.settings.feedback_window)
     counted = feedback.add(model, pairs)
     if counted.unknown:
