@@ -9,15 +9,18 @@ local Redis (or $REDIS_URL), each serving a 784-512-10 model:
 
 Both talk to a private redis-server of their own (deleted afterwards), so that its CPU time is
 theirs alone. They are measured alternately, round by round (the order swapped every round), on
-bench/predict.py's (a) 10,000-image raw uint8 batch (the fastest of 3 calls) and its (c)
-one-image JSON requests at concurrency 8. After each measure the benchmark waits until the
+bench/predict.py's (a) 10,000-image raw uint8 batch (the fastest of 3 calls), the same batches
+sustained (8 clients sending them for 2 × --seconds: a load that outlasts the recorder's queue),
+and its (c) one-image JSON requests at concurrency 8. After each measure the benchmark waits until the
 server's recorders are idle (every image predicted is counted in Redis or dropped: /metrics and
 the version counters agree), so that one server's work off the request path is never billed to
 the other. Each ratio is the median over rounds of watched / plain within a round. Target: the
 watched server at most 10 % slower (ratio ≥ 90 %). Since rates on a shared 2-core machine move
 with the neighbours' load, the benchmark also reports what each image costs in CPU time, which
 that load moves much less: the gunicorn workers' and redis-server's CPU seconds from the start
-of a measure until the recorders are idle again, divided by the images predicted. The watched
+of a measure until the recorders are idle again, divided by the images predicted (for 10,000-image
+batches, over the sustained run: three calls leave a backlog of up to a queue's worth per process,
+whose writing the idle wait bills to three requests). The watched
 recorders write what MNIST_RECORDER_SHARE lets them (0.05 of their time by default) and drop the
 rest, counted: the table says how many.
 
@@ -124,8 +127,8 @@ def measure(
     images: np.ndarray,
     args,
 ) -> dict[str, list[float]]:
-    """Return, per round, each server's raw 10,000-image rate (img/s), one-image rate (req/s), and
-    CPU seconds per image of each (`cpu_raw_plain`…)."""
+    """Return, per round, each server's raw 10,000-image rate (img/s: fastest call, and sustained),
+    one-image rate (req/s), and CPU seconds per image of each (`cpu_raw_plain`…)."""
     session = requests.Session()
     raw = images.tobytes()
     single = orjson.dumps({"instances": images[:1]}, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -139,7 +142,10 @@ def measure(
         concurrent_rate(pool, url, "POST", path, single, "application/json", 0.5)
         wait_idle(url, *clients[name])
     rates: dict[str, list[float]] = {
-        f"{figure}{kind}_{name}": [] for figure in ("", "cpu_") for kind in ("raw", "single") for name in urls
+        f"{figure}{kind}_{name}": []
+        for figure in ("", "cpu_")
+        for kind in ("raw", "sustained", "single")
+        for name in urls
     }
 
     def run(name: str, kind: str, fn) -> None:
@@ -158,6 +164,14 @@ def measure(
         order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
         for name in order:
             run(name, "raw", lambda name=name: fastest_rate(lambda: batch_rate(urls[name])))
+            run(
+                name,
+                "sustained",
+                lambda name=name: BIG_BATCH
+                * concurrent_rate(
+                    pool, urls[name], "POST", path, raw, "application/octet-stream", 2 * args.seconds
+                ),
+            )
             run(
                 name,
                 "single",
@@ -217,10 +231,9 @@ def servers_side_by_side(redis_url: str, args, tmp: Path) -> tuple[dict[str, lis
 
 def report(args, rates: dict[str, list[float]], dropped: float, predicted: float) -> None:
     """Measure the memory figure, print the table and save the results."""
-    ratios = {kind: paired(rates[f"{kind}_watched"], rates[f"{kind}_plain"]) for kind in ("raw", "single")}
-    cpu = {
-        kind: paired(rates[f"cpu_{kind}_watched"], rates[f"cpu_{kind}_plain"]) for kind in ("raw", "single")
-    }
+    kinds = ("raw", "sustained", "single")
+    ratios = {kind: paired(rates[f"{kind}_watched"], rates[f"{kind}_plain"]) for kind in kinds}
+    cpu = {kind: paired(rates[f"cpu_{kind}_watched"], rates[f"cpu_{kind}_plain"]) for kind in kinds}
     memory = log_memory.measure(args.predictions)
     limit = log_memory.bound(int(memory["log_maxlen"]))
 
@@ -236,6 +249,13 @@ def report(args, rates: dict[str, list[float]], dropped: float, predicted: float
             "target": "≥ 90 %",
         },
         {
+            "measure": "(a) sustained: 8 clients sending 10,000 per request",
+            "plain": f"{median('sustained_plain'):,.0f} img/s",
+            "watched": f"{median('sustained_watched'):,.0f} img/s",
+            "ratio": f"{100 * ratios['sustained']:.0f} %",
+            "target": "≥ 90 %",
+        },
+        {
             "measure": "(c) one image JSON, concurrency 8",
             "plain": f"{median('single_plain'):,.0f} req/s",
             "watched": f"{median('single_watched'):,.0f} req/s",
@@ -243,10 +263,10 @@ def report(args, rates: dict[str, list[float]], dropped: float, predicted: float
             "target": "≥ 90 %",
         },
         {
-            "measure": "CPU per image (gunicorn + Redis), 10,000 per request",
-            "plain": f"{1e6 * median('cpu_raw_plain'):,.1f} µs",
-            "watched": f"{1e6 * median('cpu_raw_watched'):,.1f} µs",
-            "ratio": f"{100 * cpu['raw']:.0f} %",
+            "measure": "CPU per image (gunicorn + Redis), 10,000 per request, sustained",
+            "plain": f"{1e6 * median('cpu_sustained_plain'):,.1f} µs",
+            "watched": f"{1e6 * median('cpu_sustained_watched'):,.1f} µs",
+            "ratio": f"{100 * cpu['sustained']:.0f} %",
             "target": "≤ 110 %",
         },
         {

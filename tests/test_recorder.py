@@ -116,17 +116,28 @@ def test_a_redis_outage_drops_batches_and_predictions_go_on(registry: Registry, 
     assert dropped("redis") - before == 3
 
 
-def test_a_limited_drain_takes_the_oldest_answers_first(
+def test_a_limited_drain_takes_the_oldest_images_first_and_slices_a_large_answer(
     registry: Registry, redis_client: redis.Redis, keys: Keys
 ) -> None:
     publish(registry, 5)
     svc = service(registry)
     for i in range(5):
         svc.predict("m", IMAGES[i : i + 1])
-    svc.predict("m", IMAGES[:10])  # one answer of 10 images: taken whole
+    big = svc.predict("m", IMAGES[:10], request_id="big")  # one answer of 10 images
     assert svc.recorder.drain(2) == 2 and svc.recorder.pending() == 13
-    assert svc.recorder.drain(4) == 13 and svc.recorder.pending() == 0  # 3 single ones, then the 10
+    assert svc.recorder.drain(7) == 7 and svc.recorder.pending() == 6  # 3 single ones, 4 of the 10
+    assert svc.recorder.drain(4) == 4 and svc.recorder.pending() == 2
+    assert svc.recorder.drain() == 2 and svc.recorder.pending() == 0
     assert redis_client.xlen(keys.prediction_log("m")) == 15
+    # Each slice's images were logged with their index in the whole answer, their own
+    # probabilities and pixels, once each.
+    logged = PredictionLog(redis_client, keys, 100).read("m", limit=100, pixels=True)["predictions"]
+    sliced = {e["request_id"]: e for e in logged if e["request_id"].startswith("big/")}
+    assert sorted(sliced) == sorted(f"big/{i}" for i in range(10))
+    for i in range(10):
+        entry = sliced[f"big/{i}"]
+        assert entry["pixels"] == IMAGES[i].tolist()
+        np.testing.assert_allclose(entry["probabilities"], big.probabilities[i], rtol=1e-6)
 
 
 def test_the_thread_writes_by_itself(registry: Registry, redis_client: redis.Redis, keys: Keys) -> None:

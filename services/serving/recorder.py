@@ -5,7 +5,8 @@ appends them to a bounded in-process queue (`MNIST_RECORDER_QUEUE` images): a fu
 them and counts them (`mnist_recorder_dropped_total{reason="queue_full"}`), a request never waits.
 One daemon thread per process (started after gunicorn's fork, with the model cache's threads)
 sleeps until something is queued, gathers for `FLUSH_SECONDS` (less once the queue is half
-full), drains it, and for each model:
+full), takes its oldest `DRAIN_IMAGES` images (a larger answer in slices, the rest left first in
+the queue), and for each model:
 
 - counts the images per version (``requests``) in `Keys.version_stats`, and the live drift
   profile (``profile:<feature>:<bin>``, shared/drift.py) of a sample of them
@@ -32,8 +33,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
-from typing import TYPE_CHECKING
+from collections import defaultdict, deque
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import redis
@@ -55,8 +56,9 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.1
 #: Log entries written per pipeline (one script: Redis runs nothing else meanwhile, ~1 ms), at most.
 BATCH_ENTRIES = 500
-#: Images the thread takes from the queue per drain, at most: a drain holds the GIL for most of its
-#: time, and one of a whole queue (10,000 images logged and shadowed) stalls the request threads.
+#: Images the thread takes from the queue per drain, at most (a large answer is taken in slices): a
+#: drain holds the GIL for most of its time, and one of 10,000 images logged and shadowed stalls the
+#: request threads for longer than serving them took.
 DRAIN_IMAGES = 1000
 #: Seconds between two warnings about the same failure (Redis away, a shadow that cannot load).
 WARN_EVERY = 30.0
@@ -83,25 +85,46 @@ def as_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
 
 
-class _Stacked:
-    """The images of several answers of one model as one batch: pixels, labels, versions, ids."""
+class _Part(NamedTuple):
+    """Images `start` to `start + len(pixels)` of one answer, waiting to be recorded."""
 
-    def __init__(self, group: list[tuple[Prediction, np.ndarray]]) -> None:
-        raws = [raw for _, raw in group]
+    prediction: Prediction
+    pixels: np.ndarray
+    start: int = 0
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Return this part's rows of the answer's probabilities."""
+        return self.prediction.probabilities[self.start : self.start + len(self.pixels)]
+
+    def split(self, n: int) -> tuple[_Part, _Part]:
+        """Return the first `n` images of this part and the rest (views: nothing is copied)."""
+        first = _Part(self.prediction, self.pixels[:n], self.start)
+        return first, _Part(self.prediction, self.pixels[n:], self.start + n)
+
+
+class _Stacked:
+    """The images of several answers (or parts of them) of one model as one batch: pixels, labels,
+    versions, ids."""
+
+    def __init__(self, group: list[_Part]) -> None:
+        raws = [part.pixels for part in group]
         if len(raws) == 1:  # a large batch alone: no copy
             self.pixels = as_uint8(raws[0])
         elif len({raw.dtype for raw in raws}) == 1:
             self.pixels = as_uint8(np.concatenate(raws))
         else:  # uint8 and float rows mixed: each converted as it is
             self.pixels = np.concatenate([as_uint8(raw) for raw in raws])
-        self.predictions = [prediction for prediction, _ in group]
-        self.counts = np.array([len(raw) for raw in raws])
-        self.probabilities = np.concatenate([p.probabilities for p in self.predictions])
+        self.predictions = [part.prediction for part in group]
+        counts = np.array([len(raw) for raw in raws])
+        # Each image's id needs its index in its whole answer, and that answer's size.
+        self.totals = [len(part.prediction.probabilities) for part in group]
+        self.probabilities = np.concatenate([part.probabilities for part in group])
         self.labels = self.probabilities.argmax(axis=1)
-        self.versions = np.repeat([p.version for p in self.predictions], self.counts)
-        self.owner = np.repeat(np.arange(len(group)), self.counts)  # the answer each image belongs to
+        self.versions = np.repeat([p.version for p in self.predictions], counts)
+        self.owner = np.repeat(np.arange(len(group)), counts)  # the part each image belongs to
         self.index = np.arange(len(self.pixels)) - np.repeat(
-            np.cumsum(self.counts) - self.counts, self.counts
+            np.cumsum(counts) - counts - [part.start for part in group], counts
         )
 
     def __len__(self) -> int:
@@ -110,7 +133,7 @@ class _Stacked:
     def rows(self, rows: np.ndarray, kind: bytes) -> Rows:
         """Return the log rows of images `rows` (indices into the batch)."""
         ids = [
-            item_id(self.predictions[owner].request_id, index, int(self.counts[owner]))
+            item_id(self.predictions[owner].request_id, index, self.totals[owner])
             for owner, index in zip(self.owner[rows].tolist(), self.index[rows].tolist(), strict=True)
         ]
         return Rows(
@@ -136,7 +159,7 @@ class Recorder:
         self.drift_sample = min(max(settings.drift_sample, 0.0), 1.0)
         self.share = settings.recorder_share
         self.log = PredictionLog(redis, keys, settings.log_maxlen)
-        self._queue: list[tuple[Prediction, np.ndarray]] = []
+        self._queue: deque[_Part] = deque()
         self._images = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()  # something is queued
@@ -154,7 +177,7 @@ class Recorder:
             full = self._images + n > self.capacity
             if not full:
                 first = not self._queue
-                self._queue.append((prediction, pixels))
+                self._queue.append(_Part(prediction, pixels))
                 self._images += n
                 urgent = self._images * 2 > self.capacity
         if full:
@@ -207,30 +230,37 @@ class Recorder:
         self.drain()
 
     def drain(self, limit: int | None = None) -> int:
-        """Write what is queued now, or its oldest answers up to `limit` images; return the images taken."""
+        """Write what is queued now, or its oldest images up to `limit`; return the images taken.
+
+        An answer larger than what the drain has room for is split: its first images are written
+        now, the rest stays first in the queue for the next drain.
+        """
         with self._lock:
             if limit is None:
-                items, self._queue, taken = self._queue, [], self._images
+                parts, self._queue, taken = list(self._queue), deque(), self._images
             else:
-                count, taken = 0, 0
-                while count < len(self._queue) and taken < limit:
-                    taken += len(self._queue[count][1])
-                    count += 1
-                items, self._queue = self._queue[:count], self._queue[count:]
+                parts, taken = [], 0
+                while self._queue and taken < limit:
+                    part = self._queue.popleft()
+                    if len(part.pixels) > limit - taken:
+                        part, rest = part.split(limit - taken)
+                        self._queue.appendleft(rest)
+                    parts.append(part)
+                    taken += len(part.pixels)
             self._images -= taken
-        by_model: dict[str, list[tuple[Prediction, np.ndarray]]] = defaultdict(list)
-        for prediction, pixels in items:
-            by_model[prediction.model].append((prediction, pixels))
+        by_model: dict[str, list[_Part]] = defaultdict(list)
+        for part in parts:
+            by_model[part.prediction.model].append(part)
         for model, group in by_model.items():
             try:
                 self._write(model, group)
             except REDIS_ERRORS as exc:
-                child(DROPPED, "redis").inc(sum(len(p) for _, p in group))
+                child(DROPPED, "redis").inc(sum(len(part.pixels) for part in group))
                 self._warn("redis", "recorder: Redis did not take the records (%s): dropped", exc)
         return taken
 
     # --- writing ----------------------------------------------------------------------------------
-    def _write(self, model: str, group: list[tuple[Prediction, np.ndarray]]) -> None:
+    def _write(self, model: str, group: list[_Part]) -> None:
         """Count, log and shadow one model's answers: one pipeline per BATCH_ENTRIES log entries.
 
         The answers are stacked first and sampled once: per-answer NumPy calls would cost more than
