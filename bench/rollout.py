@@ -167,9 +167,11 @@ def measure(
             run(
                 name,
                 "sustained",
-                lambda name=name: BIG_BATCH
-                * concurrent_rate(
-                    pool, urls[name], "POST", path, raw, "application/octet-stream", 2 * args.seconds
+                lambda name=name: (
+                    BIG_BATCH
+                    * concurrent_rate(
+                        pool, urls[name], "POST", path, raw, "application/octet-stream", 2 * args.seconds
+                    )
                 ),
             )
             run(
