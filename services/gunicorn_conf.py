@@ -2,6 +2,9 @@
 
 gthread workers: each process serves several requests at once (Server-Sent Events streams
 hold a thread, not a process), and each process holds its own model cache and watcher thread.
+By default (MNIST_WEB_WORKER=inline, services/inline_worker.py), a whole, small, un-pinned
+prediction is answered on the event loop's own thread, without gthread's two thread hand-offs
+per request; MNIST_WEB_WORKER=gthread is gunicorn's own worker unchanged.
 The app is built after the fork (no preload), so watcher threads start in every worker.
 """
 
@@ -29,7 +32,11 @@ _settings = Settings.from_env()
 bind = _settings.bind
 #: Worker processes (WEB_CONCURRENCY, gunicorn's convention).
 workers = _settings.web_workers
-worker_class = "gthread"
+#: gunicorn's gthread, or the same serving whole small predictions inline (MNIST_WEB_WORKER).
+WORKERS = {"gthread": "gthread", "inline": "services.inline_worker.InlineThreadWorker"}
+if _settings.web_worker not in WORKERS:
+    raise ValueError(f"MNIST_WEB_WORKER={_settings.web_worker!r}: expected one of {sorted(WORKERS)}")
+worker_class = WORKERS[_settings.web_worker]
 #: Threads per worker process (MNIST_THREADS).
 threads = _settings.web_threads
 #: Seconds a request may take before its worker is restarted (MNIST_REQUEST_TIMEOUT).

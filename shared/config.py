@@ -72,6 +72,12 @@ class Settings:
         "WEB_CONCURRENCY", 2, "web server processes (gunicorn's WEB_CONCURRENCY convention)"
     )
     web_threads: int = _env_field("MNIST_THREADS", 8, "threads per web server process")
+    web_worker: str = _env_field(
+        "MNIST_WEB_WORKER",
+        "inline",
+        "gunicorn worker: inline (gthread, but a whole small un-pinned prediction is answered on its"
+        " event loop's thread, services/inline_worker.py), or plain gthread (docs/benchmarks.md, issue 17)",
+    )
     request_timeout: int = _env_field(
         "MNIST_REQUEST_TIMEOUT", 120, "seconds a request may take before its web server process is restarted"
     )

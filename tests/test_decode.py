@@ -149,7 +149,10 @@ def test_v2_fast_path_reads_what_the_general_path_reads_exactly(raw: bytes) -> N
     fast["inputs"][0]["data"] = data
     pixels = v2_pixels(fast, raw)
     np.testing.assert_array_equal(pixels, v2_pixels(general, raw))
-    assert pixels.dtype == np.float32 and pixels.shape[1] == mlp.INPUT_SIZE
+    # UINT8 pixels stay uint8, as a raw body's (the forward pass scales them); others are 0–1.
+    wanted = np.uint8 if b'"UINT8"' in raw else np.float32
+    assert pixels.dtype == wanted and pixels.shape[1] == mlp.INPUT_SIZE
+    assert v2_pixels(general, raw).dtype == wanted
 
 
 @pytest.mark.parametrize(

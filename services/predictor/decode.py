@@ -324,9 +324,10 @@ def from_buffer(
 def scale(array: np.ndarray, prange: str, what: str, finite: bool = False) -> np.ndarray:
     """Return `array` checked (numeric, finite, in range, 784 pixels each) as rows (N, 784).
 
-    uint8 pixels come back as they are (every value is in range); anything else as float32 in 0–1.
-    `finite=True` skips the NaN/Inf scan for values known finite (JSON numbers read by simdjson,
-    which refuses 1e400 and has no NaN).
+    uint8 pixels come back as they are (every value is in range), and whole numbers 0–255 of any
+    integer type (JSON's) as uint8 too; anything else as float32 in 0–1. `finite=True` skips the
+    NaN/Inf scan for values known finite (JSON numbers read by simdjson, which refuses 1e400 and
+    has no NaN).
     """
     if array.dtype.kind not in NUMERIC_KINDS:
         raise InvalidInput(f"{what} hold values that are not numbers (strings, null or objects)")
@@ -334,6 +335,9 @@ def scale(array: np.ndarray, prange: str, what: str, finite: bool = False) -> np
     rows = array.reshape(array.shape[0], mlp.INPUT_SIZE)
     if rows.dtype == np.uint8 and prange == "uint8":
         return rows
+    if rows.dtype.kind in "iu" and prange == "uint8" and not (rows.view(f"u{rows.itemsize}") > 255).any():
+        # One pass instead of a minimum and a maximum (a negative value is huge unsigned).
+        return rows.astype(np.uint8)
     if rows.dtype.kind == "f" and not finite and not np.isfinite(rows).all():
         raise InvalidInput(f"{what} hold NaN or Inf")
     low, high = (0, 255) if prange == "uint8" else (0, 1)
