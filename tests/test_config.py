@@ -95,6 +95,23 @@ def test_variable_names_the_environment_variable_of_a_field() -> None:
         Settings.variable("no_such_setting")
 
 
+def test_a_worker_freezes_what_it_built_at_start_up() -> None:
+    probe = (
+        "import gc, runpy\n"
+        "conf = runpy.run_path('services/gunicorn_conf.py')\n"
+        "before = gc.get_freeze_count()\n"
+        "conf['post_worker_init'](None)\n"
+        "print(before, gc.get_freeze_count())\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": "/nonexistent/not-created-on-load"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    before, after = map(int, done.stdout.split())
+    assert before == 0 and after > 1000  # the interpreter's and the config's objects, at least
+
+
 def test_gunicorn_conf_takes_its_settings_from_settings_before_numpy_or_prometheus_load() -> None:
     probe = (
         "import json, runpy, sys\n"
