@@ -1,5 +1,10 @@
 # mnist-service: every command a developer or CI needs. `make help` lists them.
-PYTHON ?= python3
+# The virtualenv's interpreter: Debian's python3.11 where it is installed with its venv module
+# (a static build, compiled with profile-guided and link-time optimisation, like the Docker image's
+# python:3.11-slim), else python3. A source build without those (pyenv's default) spends about 13 %
+# more CPU per one-image prediction (docs/benchmarks.md, issue 17). `make install PYTHON=…` picks another.
+OPTIMISED_PYTHON := $(shell /usr/bin/python3.11 -c 'import ensurepip, venv' >/dev/null 2>&1 && echo /usr/bin/python3.11)
+PYTHON ?= $(or $(OPTIMISED_PYTHON),python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
