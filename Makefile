@@ -19,8 +19,8 @@ NGINX := /usr/sbin/nginx
 # Debian's redis-sentinel: the Sentinels of the failover tests (tests/test_sentinel.py, docs/deploy.md).
 SENTINEL := /usr/bin/redis-sentinel
 
-# Installs a Debian package that ships a system service ($$pkg: nginx, redis-sentinel) as root
-# without leaving that service behind: Debian's postinst would start it (nginx on port 80, failing
+# Installs a Debian package ($$pkg) as root without leaving a system service it ships behind
+# (nginx, redis-sentinel): Debian's postinst would start it (nginx on port 80, failing
 # the install where port 80 is taken; a Sentinel on 26379). A policy-rc.d that answers 101 is
 # Debian's way to forbid that start (invoke-rc.d(8)); it is created only when none exists, and
 # removed again. The unit is then disabled (and stopped, should a policy have let it start), so no
@@ -37,6 +37,22 @@ if [ -d /run/systemd/system ]; then systemctl disable --now $$pkg >/dev/null 2>&
 else service $$pkg stop >/dev/null 2>&1 || true; update-rc.d $$pkg disable >/dev/null 2>&1 || true; fi
 endef
 export SERVICE_APT
+
+# $(call APT,package,shell test that it is there,what goes without it): one Debian package,
+# installed by SERVICE_APT as root or through passwordless sudo where apt is available; best
+# effort: otherwise a note says what goes without. (No commas in the arguments: they separate them.)
+define APT
+@if $(2); then :; \
+elif ! command -v apt-get >/dev/null 2>&1; then \
+	echo "note: no apt here to install $(1): $(3)"; \
+elif [ "$$(id -u)" = 0 ]; then \
+	echo "installing $(1) (apt; a system service it brings is neither started nor enabled)"; \
+	pkg=$(1) sh -c "$$SERVICE_APT" || echo "note: $(1) not installed: $(3)"; \
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	echo "installing $(1) (sudo apt; a system service it brings is neither started nor enabled)"; \
+	sudo -n env pkg=$(1) sh -c "$$SERVICE_APT" || echo "note: $(1) not installed: $(3)"; \
+else echo "note: $(1) not installed (sudo make $@): $(3)"; fi
+endef
 
 .PHONY: help install test reliability demo up bench lint lock clean system-data browser proxy sentinel wrk
 
@@ -60,61 +76,19 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 system-data:  ## fashion-mnist from Debian's packages, where apt is available (best effort)
-	@if [ -d $(FASHION_DIR) ]; then :; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "installing dataset-fashion-mnist (apt)"; \
-		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } || \
-		echo "note: dataset-fashion-mnist not installed; fashion-mnist tests and benchmarks will be skipped"; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-		sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || echo "note: dataset-fashion-mnist not installed"; \
-	else echo "note: no apt here: fashion-mnist is optional (sudo apt-get install dataset-fashion-mnist)"; fi
+	$(call APT,dataset-fashion-mnist,[ -d $(FASHION_DIR) ],the fashion-mnist tests and benchmarks are skipped)
 
 browser:  ## Debian's chromium for the dashboard's browser tests, where apt is available (best effort)
-	@if [ -x $(CHROMIUM) ]; then :; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "installing chromium (apt)"; \
-		apt-get install -y -qq chromium >/dev/null 2>&1 || \
-		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } || \
-		echo "note: chromium not installed; the dashboard's browser tests will be skipped"; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-		sudo apt-get install -y -qq chromium >/dev/null 2>&1 || echo "note: chromium not installed"; \
-	else echo "note: no apt here: the dashboard's browser tests need chromium (sudo apt-get install chromium)"; fi
+	$(call APT,chromium,[ -x $(CHROMIUM) ],the dashboard's browser tests are skipped)
 
 proxy:  ## Debian's nginx for `mnist up`, where apt is available (best effort; no system nginx left running)
-	@if [ -x $(NGINX) ] || command -v nginx >/dev/null 2>&1; then :; \
-	elif ! command -v apt-get >/dev/null 2>&1; then \
-		echo "note: no apt here: \`mnist up\` needs nginx (brew install nginx, dnf install nginx…) or --no-proxy"; \
-	elif [ "$$(id -u)" = 0 ]; then \
-		echo "installing nginx (apt; the system service is neither started nor enabled)"; \
-		pkg=nginx sh -c "$$SERVICE_APT" || echo "note: nginx not installed; \`mnist up\` needs it (or --no-proxy)"; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-		echo "installing nginx (sudo apt; the system service is neither started nor enabled)"; \
-		sudo -n env pkg=nginx sh -c "$$SERVICE_APT" || echo "note: nginx not installed; \`mnist up\` needs it (or --no-proxy)"; \
-	else echo "note: \`mnist up\` needs nginx: sudo make proxy (or apt-get install nginx, then disable its service)"; fi
+	$(call APT,nginx,[ -x $(NGINX) ] || command -v nginx >/dev/null 2>&1,mnist up needs it from the system's packages or --no-proxy)
 
 sentinel:  ## Debian's redis-sentinel for the failover tests, where apt is available (best effort; no system Sentinel left running)
-	@if [ -x $(SENTINEL) ]; then :; \
-	elif ! command -v apt-get >/dev/null 2>&1; then \
-		echo "note: no apt here: the Sentinel failover tests need redis-sentinel (they are skipped without it)"; \
-	elif [ "$$(id -u)" = 0 ]; then \
-		echo "installing redis-sentinel (apt; the system service is neither started nor enabled)"; \
-		pkg=redis-sentinel sh -c "$$SERVICE_APT" || echo "note: redis-sentinel not installed; the Sentinel tests will be skipped"; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-		echo "installing redis-sentinel (sudo apt; the system service is neither started nor enabled)"; \
-		sudo -n env pkg=redis-sentinel sh -c "$$SERVICE_APT" || echo "note: redis-sentinel not installed"; \
-	else echo "note: the Sentinel failover tests need redis-sentinel: sudo make sentinel"; fi
+	$(call APT,redis-sentinel,[ -x $(SENTINEL) ],the Sentinel failover tests are skipped)
 
 wrk:  ## Debian's wrk, the HTTP load generator of `bench/predict.py --latency`, where apt is available (best effort)
-	@if command -v wrk >/dev/null 2>&1; then :; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "installing wrk (apt)"; \
-		apt-get install -y -qq wrk >/dev/null 2>&1 || \
-		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1; } || \
-		echo "note: wrk not installed; the latency benchmark will say so"; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-		sudo apt-get install -y -qq wrk >/dev/null 2>&1 || echo "note: wrk not installed"; \
-	else echo "note: no apt here: the latency benchmark needs wrk (sudo apt-get install wrk)"; fi
+	$(call APT,wrk,command -v wrk >/dev/null 2>&1,the latency benchmark says so and does not run)
 
 test: install  ## run the whole test suite (needs Redis on REDIS_URL or 127.0.0.1:6379)
 	$(BIN)/pytest
