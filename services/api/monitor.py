@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from flask import Response
 from marshmallow import RAISE, Schema, fields, validate
 
 from services.web.auth import read_access, write_access
-from services.web.blueprint import VALIDATION_STATUS, Blueprint
+from services.web.blueprint import VALIDATION_STATUS, Blueprint, json_response
 from services.web.context import services
 from shared import shadow as shadows
 from shared.errors import ShadowNotFound
@@ -115,11 +114,6 @@ class MonitorSchema(Schema):
     versions = fields.Dict(keys=fields.String(), values=fields.Nested(VersionMonitorSchema))
 
 
-def _json(payload: dict[str, Any]) -> Response:
-    # orjson: a page of 1,000 entries with pixels is 800,000 numbers, too many for marshmallow.
-    return Response(orjson.dumps(payload), mimetype="application/json")
-
-
 # --- routes ---------------------------------------------------------------------------------------
 @blp.route("/<model>/predictions", methods=["GET"])
 @read_access(blp)
@@ -132,7 +126,7 @@ def predictions(query: dict[str, Any], model: str) -> Response:
     ctx = services()
     ctx.registry.require_model(check_name(model))
     log = PredictionLog(ctx.redis, ctx.keys, ctx.settings.log_maxlen)
-    return _json(log.read(model, **query))
+    return json_response(log.read(model, **query))
 
 
 @blp.route("/<model>/monitor", methods=["GET"])
@@ -146,7 +140,7 @@ def get_monitor(model: str) -> Response:
     found = shadows.read(ctx.registry, model)
     shadow = found.to_dict() if found else None
     window = ctx.settings.feedback_window
-    return _json({"model": model, "window": window, "shadow": shadow, "versions": report["versions"]})
+    return json_response({"model": model, "window": window, "shadow": shadow, "versions": report["versions"]})
 
 
 @blp.route("/<model>/shadow", methods=["PUT"])

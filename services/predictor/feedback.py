@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from flask import Response
 from marshmallow import Schema, fields, validate
 
 from services.serving.metrics import FEEDBACK_UNKNOWN, child
 from services.web.auth import PREDICT_SECURITY, check_predict_token
-from services.web.blueprint import Blueprint
+from services.web.blueprint import Blueprint, json_response
 from services.web.bodies import json_object
 from services.web.context import services
 from services.web.errors import error_docs
@@ -95,4 +94,4 @@ def feedback(model: str) -> Response:
     if counted.unknown:
         child(FEEDBACK_UNKNOWN, model).inc(counted.unknown)
     payload = {"accepted": counted.accepted, "unknown": counted.unknown, "repeated": counted.repeated}
-    return Response(orjson.dumps(payload), mimetype="application/json")
+    return json_response(payload)

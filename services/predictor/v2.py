@@ -26,7 +26,7 @@ from marshmallow import Schema, fields
 from services.predictor import decode
 from services.serving.service import Prediction
 from services.web.auth import PREDICT_SECURITY, check_predict_token, read_access
-from services.web.blueprint import Blueprint, documented_only
+from services.web.blueprint import Blueprint, documented_only, json_response
 from services.web.bodies import request_body
 from services.web.context import services
 from services.web.errors import error_docs
@@ -136,14 +136,14 @@ INFER_BODY = {
 @blp.response(200, ServerMetadataSchema)
 def server_metadata() -> Response:
     """Return the server's name, version and protocol extensions."""
-    return _json({"name": SERVER_NAME, "version": VERSION, "extensions": EXTENSIONS})
+    return json_response({"name": SERVER_NAME, "version": VERSION, "extensions": EXTENSIONS})
 
 
 @blp.route("/v2/health/live", methods=["GET"])
 @blp.response(200, V2ReadySchema, description="live")
 def live() -> Response:
     """Report that the server can answer (200)."""
-    return _json({"live": True})
+    return json_response({"live": True})
 
 
 @blp.route("/v2/health/ready", methods=["GET"])
@@ -153,8 +153,8 @@ def ready() -> Response:
     """Report readiness: Redis reachable or a model in memory (as /readyz, with V2's status codes)."""
     state = readiness()
     if state["ready"]:
-        return _json({"ready": True})
-    return _json({"ready": False, "error": state["reason"]}, 400)
+        return json_response({"ready": True})
+    return json_response({"ready": False, "error": state["reason"]}, 400)
 
 
 @blp.route("/v2/models/<model>", methods=["GET"])
@@ -163,7 +163,7 @@ def ready() -> Response:
 @blp.alt_response(404, description="unknown model")
 def model_metadata(model: str) -> Response:
     """Return the model's versions, inputs and outputs."""
-    return _json(_metadata(model, None))
+    return json_response(_metadata(model, None))
 
 
 @blp.route("/v2/models/<model>/versions/<int:version>", methods=["GET"])
@@ -172,7 +172,7 @@ def model_metadata(model: str) -> Response:
 @blp.alt_response(404, description="unknown model or version")
 def version_metadata(model: str, version: int) -> Response:
     """Return one version's inputs and outputs."""
-    return _json(_metadata(model, version))
+    return json_response(_metadata(model, version))
 
 
 @blp.route("/v2/models/<model>/ready", methods=["GET"])
@@ -259,12 +259,6 @@ def _error_key(response: Response) -> Response:
 
 
 # --- helpers --------------------------------------------------------------------------------------
-def _json(payload: dict[str, Any], status: int = 200) -> Response:
-    return Response(
-        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status, mimetype="application/json"
-    )
-
-
 def _metadata(model: str, version: int | None) -> dict[str, Any]:
     return {
         "name": model,
@@ -279,8 +273,8 @@ def _model_ready(model: str, version: int | None) -> Response:
     try:
         loaded = services().predictions.model(model, version=version)
     except ServiceUnavailable as exc:
-        return _json({"name": model, "ready": False, "error": exc.message}, 400)
-    return _json({"name": model, "version": str(loaded.version), "ready": True})
+        return json_response({"name": model, "ready": False, "error": exc.message}, 400)
+    return json_response({"name": model, "version": str(loaded.version), "ready": True})
 
 
 def _infer(model: str, version: int | None) -> Response:

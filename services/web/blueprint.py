@@ -1,4 +1,5 @@
-"""The blueprint every resource uses: flask-smorest's, with JSON arguments read once (orjson)."""
+"""The blueprint every resource uses: flask-smorest's, with JSON arguments read once (orjson), and
+`json_response` for answers written with orjson."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import flask_smorest
+import orjson
+from flask import Response
 
 from services.web.bodies import JsonParser
 
@@ -16,6 +19,17 @@ LOCATION = {"description": "URL of the new resource", "schema": {"type": "string
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    """Return `payload` as a JSON answer written by orjson (NumPy arrays and scalars included).
+
+    For answers too large or too hot for marshmallow's serialization: a page of logged predictions
+    with their pixels, an inference answer.
+    """
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status, mimetype="application/json"
+    )
 
 
 def documented_only(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
