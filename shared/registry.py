@@ -80,7 +80,8 @@ return {v, 1}
 """
 
 # Shared by both deleting scripts. KEYS: versions, latest, models, aliases, splits. ARGV: model,
-# blob head, blob tail, record head, record tail, channel, then script-specific arguments.
+# blob head, blob tail, record head, record tail, channel, the script-specific argument, then the
+# head and tail of each of the version's counter keys (deleted with it: stats, feedback windows).
 # The name goes first and the data second, the reverse of publishing, for the same reason.
 _DROP = """
 local function drop(vs)
@@ -91,6 +92,7 @@ local function drop(vs)
   end
   if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
   redis.call('DEL', ARGV[2] .. vs .. ARGV[3], ARGV[4] .. vs .. ARGV[5])
+  for i = 8, #ARGV - 1, 2 do redis.call('DEL', ARGV[i] .. vs .. ARGV[i + 1]) end
   redis.call('PUBLISH', ARGV[6],
     cjson.encode({event='deleted', model=ARGV[1], version=tonumber(vs)}))
 end
@@ -485,7 +487,13 @@ class Registry:
         check_version(version)
         status = self._delete(
             keys=self._drop_keys(model),
-            args=[model, *self._version_parts(model), self.keys.events(), version],
+            args=[
+                model,
+                *self._version_parts(model),
+                self.keys.events(),
+                version,
+                *self._counter_parts(model),
+            ],
         )
         self._raise(status, model, version=version)
 
@@ -494,7 +502,13 @@ class Registry:
         check_name(model)
         gone = self._retain(
             keys=self._drop_keys(model),
-            args=[model, *self._version_parts(model), self.keys.events(), self.retention],
+            args=[
+                model,
+                *self._version_parts(model),
+                self.keys.events(),
+                self.retention,
+                *self._counter_parts(model),
+            ],  # fmt: skip
         )
         return [int(v) for v in gone]
 
@@ -689,6 +703,11 @@ class Registry:
             *split_around_version(self.keys.blob, model),
             *split_around_version(self.keys.record, model),
         ]
+
+    def _counter_parts(self, model: str) -> list[str]:
+        """Return the head and tail of each per-version counter key, for the deleting scripts."""
+        builds = (self.keys.version_stats, self.keys.window_current, self.keys.window_previous)
+        return [part for build in builds for part in split_around_version(build, model)]
 
     def _drop_keys(self, model: str) -> list[str]:
         """Return the KEYS of the deleting scripts."""

@@ -171,6 +171,27 @@ def test_deleting_latest_and_every_version(registry: Registry, keys: Keys) -> No
     assert registry.publish("m", blob_of("c"), {}) == 3  # numbers are never reused
 
 
+def test_a_deleted_version_takes_its_counters_along(redis_client: redis.Redis, keys: Keys) -> None:
+    registry = Registry(redis_client, keys, retention=1)
+    counters = (keys.version_stats, keys.window_current, keys.window_previous)
+    for tag in "abc":
+        version = registry.publish("m", blob_of(tag), {})
+        for key in counters:
+            redis_client.hincrby(key("m", version), "feedback", 1)
+    # Retention dropped v1 and v2 as v2 and v3 came: their counters went with them, v3's stay.
+    assert [r.version for r in registry.versions("m")] == [3]
+    assert redis_client.exists(*(key("m", v) for key in counters for v in (1, 2))) == 0
+    assert redis_client.exists(*(key("m", 3) for key in counters)) == 3
+    registry.publish("m", blob_of("d"), {})  # v4 is latest: retention drops v3
+    assert redis_client.exists(*(key("m", 3) for key in counters)) == 0
+    registry.retention = 5
+    registry.publish("m", blob_of("e"), {})
+    for key in counters:
+        redis_client.hincrby(key("m", 4), "feedback", 1)
+    registry.delete_version("m", 4)
+    assert redis_client.exists(*(key("m", 4) for key in counters)) == 0
+
+
 # --- retention ---------------------------------------------------------------------------------
 def test_retention_keeps_last_unaliased_and_aliased(redis_client: redis.Redis, keys: Keys) -> None:
     registry = Registry(redis_client, keys, retention=3)
