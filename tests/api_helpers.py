@@ -6,7 +6,6 @@ import functools
 import io
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import requests
 from shared import datasets, serialization
 from shared.keys import Keys
 from shared.registry import Registry
-from tests.live_fixtures import Server, StackEnv, cleanup_rq, start_server
+from tests.live_fixtures import Server, StackEnv, cleanup_rq, new_env, start_server
 from tests.redis_fixtures import delete_prefix
 
 #: Seconds a small training job may take from submission to its end on busy cores.
@@ -29,12 +28,6 @@ JOB_TIMEOUT = 60.0
 SMALL_JOB = {"dataset": "mnist-sample", "hidden": [32], "optimizer": "adam", "epochs": 2}
 #: HTTP timeout of one request, in seconds.
 HTTP_TIMEOUT = 15.0
-
-
-def new_env(redis_url: str) -> StackEnv:
-    """Return a StackEnv with its own prefix, queue and token."""
-    tag = uuid.uuid4().hex[:8]
-    return StackEnv(redis_url=redis_url, prefix=f"test-{tag}:", queue=f"training-{tag}", token=f"tok-{tag}")
 
 
 def cleanup(env: StackEnv) -> None:

@@ -89,6 +89,14 @@ class StackEnv:
         return {"Authorization": f"Bearer {self.token}"}
 
 
+def new_env(redis_url: str, **extra: str) -> StackEnv:
+    """Return a StackEnv with its own prefix, queue and token (and `extra` settings)."""
+    tag = uuid.uuid4().hex[:8]
+    return StackEnv(
+        redis_url=redis_url, prefix=f"test-{tag}:", queue=f"training-{tag}", token=f"tok-{tag}", extra=extra
+    )
+
+
 def cleanup_rq(client: redis.Redis, queue: str) -> None:
     """Delete an RQ queue, its registries and its jobs."""
     job_ids: set[bytes] = set(client.lrange(f"rq:queue:{queue}", 0, -1))
@@ -109,8 +117,7 @@ def cleanup_rq(client: redis.Redis, queue: str) -> None:
 @pytest.fixture
 def stack_env(redis_url: str, redis_client: redis.Redis) -> Iterator[StackEnv]:
     """Return a fresh StackEnv; afterwards delete its keys and its RQ queue."""
-    tag = uuid.uuid4().hex[:8]
-    env = StackEnv(redis_url=redis_url, prefix=f"test-{tag}:", queue=f"training-{tag}", token=f"tok-{tag}")
+    env = new_env(redis_url)
     yield env
     delete_prefix(redis_client, env.prefix)
     cleanup_rq(redis_client, env.queue)

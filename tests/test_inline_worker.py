@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.client
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,7 +24,7 @@ from services.inline_worker import INLINE_BODY_BYTES, complete_inline_request
 from shared import mlp, serialization
 from shared.keys import Keys
 from shared.registry import Registry
-from tests.live_fixtures import Server, StackEnv, start_server
+from tests.live_fixtures import Server, new_env, start_server
 from tests.redis_fixtures import delete_prefix
 
 PARAMS = mlp.init_params((mlp.INPUT_SIZE, 16, mlp.CLASSES), np.random.default_rng(5))
@@ -71,14 +70,7 @@ def one_process(
     request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """A gunicorn of ONE worker process serving model `m` (what one process does is what is tested)."""
-    tag = uuid.uuid4().hex[:8]
-    env = StackEnv(
-        redis_url=redis_url,
-        prefix=f"test-{tag}:",
-        queue=f"training-{tag}",
-        token=f"tok-{tag}",
-        extra={"MNIST_DEFAULT_MODEL": "m"},
-    )
+    env = new_env(redis_url, MNIST_DEFAULT_MODEL="m")
     client = redis.Redis.from_url(redis_url)
     Registry(client, Keys(env.prefix)).publish("m", serialization.model_to_bytes(PARAMS, {}), {})
     server = start_server(env, tmp_path_factory.mktemp("inline"), workers=1, MNIST_WEB_WORKER=request.param)

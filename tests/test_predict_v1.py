@@ -11,7 +11,6 @@ import json
 import pickle
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from hypothesis import strategies as st
 from shared import mlp, serialization
 from shared.keys import Keys
 from shared.registry import Registry
-from tests.live_fixtures import Server, StackEnv, start_server
+from tests.live_fixtures import Server, StackEnv, new_env, start_server
 from tests.redis_fixtures import delete_prefix
 from tests.reliability.stack import PrivateRedis
 from tests.reliability.stack import private_redis as run_private_redis
@@ -128,24 +127,16 @@ def settles(check: Callable[[], bool], timeout: float = 10.0, streak: int = 10) 
 @pytest.fixture(scope="module")
 def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """A gunicorn with a predict token and small limits, serving model `mnist` v1 (seed 0)."""
-    tag = uuid.uuid4().hex[:8]
-    env = StackEnv(
-        redis_url=redis_url,
-        prefix=f"test-{tag}:",
-        queue=f"training-{tag}",
-        token=f"tok-{tag}",
-        extra={
-            "MNIST_PREDICT_TOKEN": f"predict-{tag}",
-            "MNIST_MAX_BATCH": str(MAX_BATCH),
-            "MNIST_MAX_BODY_BYTES": str(MAX_BODY),
-        },
-    )
+    env = new_env(redis_url, MNIST_MAX_BATCH=str(MAX_BATCH), MNIST_MAX_BODY_BYTES=str(MAX_BODY))
+    env.extra["MNIST_PREDICT_TOKEN"] = f"predict-{env.token}"
     client = redis.Redis.from_url(redis_url)
     keys = Keys(env.prefix)
     registry = Registry(client, keys)
     registry.publish("mnist", serialization.model_to_bytes(make_params(0), {}), {})
     server = start_server(env, tmp_path_factory.mktemp("v1"))
-    live = Live(server, registry, client, keys, {"Authorization": f"Bearer predict-{tag}"})
+    live = Live(
+        server, registry, client, keys, {"Authorization": f"Bearer {env.extra['MNIST_PREDICT_TOKEN']}"}
+    )
     yield live
     live.session.close()
     server.process.stop()
