@@ -157,6 +157,9 @@ def test_an_alias_split_over_http(app_client: FlaskClient, app_env: StackEnv) ->
     }
     model = app_client.get("/v1/models/split").get_json()
     assert model["splits"] == {"production": split} and model["aliases"] == {"production": base}
+    listed = {m["name"]: m for m in app_client.get("/v1/models", headers=app_env.auth).get_json()}
+    assert listed["split"]["splits"] == {"production": split}
+    assert listed["split"]["aliases"] == {"production": base}
     assert [v["aliases"] for v in model["versions"]] == [["production"], ["production"]]
     assert app_client.get(url).get_json()["split"] == split
     # Predictions route by key: the answer names the version that computed it.

@@ -95,18 +95,26 @@ def _detail(record: VersionRecord, aliases: list[str]) -> dict[str, Any]:
 @read_access(blp)
 @blp.response(200, ModelSummarySchema(many=True))
 def list_models() -> list[dict[str, Any]]:
-    """List the models with their latest version, aliases and number of versions."""
+    """List the models with their latest version, aliases, splits and number of versions."""
     ctx = services()
     registry = ctx.registry
     found = []
     for name in registry.models():
         try:
-            aliases = registry.aliases(name)
+            aliases, split = registry.routes(name)
         except ModelNotFound:
             continue  # its last version was deleted since the listing
         # A count, not the records: one unreadable record must not take the whole listing down.
         count = ctx.redis.zcard(ctx.keys.versions(name))
-        found.append({"name": name, "latest": registry.latest(name), "versions": count, "aliases": aliases})
+        found.append(
+            {
+                "name": name,
+                "latest": registry.latest(name),
+                "versions": count,
+                "aliases": aliases,
+                "splits": {alias: splits.to_json(weights) for alias, weights in split.items()},
+            }
+        )
     return found
 
 

@@ -26,6 +26,21 @@ def split_field(**kwargs: Any) -> fields.Dict:
     return fields.Dict(keys=fields.String(), values=fields.Float(), **kwargs)
 
 
+def splits_field() -> fields.Dict:
+    """Return the field of a model's splits: alias -> split."""
+    description = "aliases naming several versions: alias -> {version: weight}"
+    return fields.Dict(keys=fields.String(), values=split_field(), metadata={"description": description})
+
+
+def aliases_field() -> fields.Dict:
+    """Return the field of a model's aliases: alias -> version (a split's primary)."""
+    return fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={"description": "a split's alias: its primary"},
+    )
+
+
 #: Most jobs one `GET /v1/jobs` returns.
 MAX_JOB_LIST = 500
 
@@ -106,7 +121,8 @@ class ModelSummarySchema(Schema):
     name = fields.String()
     latest = fields.Integer(allow_none=True)
     versions = fields.Integer(metadata={"description": "how many versions are kept"})
-    aliases = fields.Dict(keys=fields.String(), values=fields.Integer())
+    aliases = aliases_field()
+    splits = splits_field()
 
 
 class VersionSummarySchema(Schema):
@@ -123,16 +139,8 @@ class VersionSummarySchema(Schema):
 class ModelSchema(Schema):
     name = fields.String()
     latest = fields.Integer(allow_none=True)
-    aliases = fields.Dict(
-        keys=fields.String(),
-        values=fields.Integer(),
-        metadata={"description": "a split's alias: its primary"},
-    )
-    splits = fields.Dict(
-        keys=fields.String(),
-        values=split_field(),
-        metadata={"description": "aliases naming several versions: alias -> {version: weight}"},
-    )
+    aliases = aliases_field()
+    splits = splits_field()
     versions = fields.List(fields.Nested(VersionSummarySchema), metadata={"description": "oldest first"})
 
 
