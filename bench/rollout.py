@@ -11,18 +11,18 @@ Both talk to a private redis-server of their own (deleted afterwards), so that i
 theirs alone. They are measured alternately, round by round (the order swapped every round), on
 bench/predict.py's (a) 10,000-image raw uint8 batch (the fastest of 3 calls), the same batches
 sustained (8 clients sending them for 2 × --seconds: a load that outlasts the recorder's queue),
-and its (c) one-image JSON requests at concurrency 8. After each measure the benchmark waits until the
-server's recorders are idle (every image predicted is counted in Redis or dropped: /metrics and
-the version counters agree), so that one server's work off the request path is never billed to
-the other. Each ratio is the median over rounds of watched / plain within a round. Target: the
-watched server at most 10 % slower (ratio ≥ 90 %). Since rates on a shared 2-core machine move
-with the neighbours' load, the benchmark also reports what each image costs in CPU time, which
-that load moves much less: the gunicorn workers' and redis-server's CPU seconds from the start
-of a measure until the recorders are idle again, divided by the images predicted (for 10,000-image
-batches, over the sustained run: three calls leave a backlog of up to a queue's worth per process,
-whose writing the idle wait bills to three requests). The watched
-recorders write what MNIST_RECORDER_SHARE lets them (0.05 of their time by default) and drop the
-rest, counted: the table says how many.
+and its (c) one-image JSON requests at concurrency 8. After each measure the benchmark waits until
+the server's recorders are idle (every image predicted is counted in Redis, those dropped from the
+log included: /metrics and the version counters agree), so that one server's work off the request
+path is never billed to the other. Each ratio is the median over rounds of watched / plain within a
+round. Target: the watched server at most 10 % slower (ratio ≥ 90 %). Since rates on a shared
+2-core machine move with the neighbours' load, the benchmark also reports what each image costs in
+CPU time, which that load moves much less: the gunicorn workers' and redis-server's CPU seconds
+from the start of a measure until the recorders are idle again, divided by the images predicted
+(for 10,000-image batches, over the sustained run: three calls leave a backlog of up to a queue's
+worth per process, whose writing the idle wait bills to three requests). The watched recorders
+write what MNIST_RECORDER_SHARE lets them (0.05 of their time by default) and drop the rest,
+counted: the table says how many.
 
 Then memory: bench/log_memory.py logs 1,000,000 predictions with a feedback label each into a
 private Redis, and the largest growth of `used_memory` is checked against the documented bound
@@ -85,14 +85,16 @@ def publish(registry: Registry, watched: bool) -> None:
     shadow.set_shadow(registry, MODEL, versions[2], 1.0)
 
 
-def metric(url: str, name: str) -> float:
-    """Return the sum of a counter's samples on the server's /metrics (every label, every process)."""
+def metric(url: str, name: str, labels: str = "") -> float:
+    """Return the sum of a counter's samples on the server's /metrics (every process; the labels
+    starting with `labels`, e.g. 'reason="redis"', or all)."""
     lines = requests.get(f"{url}/metrics", timeout=10).text.splitlines()
-    return sum(float(line.split()[-1]) for line in lines if line.startswith(f"{name}{{"))
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(f"{name}{{{labels}"))
 
 
 def wait_idle(url: str, client: redis.Redis, keys: Keys) -> None:
-    """Wait until the recorders hold nothing: every image predicted is counted in Redis or dropped."""
+    """Wait until the recorders hold nothing: every image predicted is counted in Redis (those the
+    full queue dropped included), or lost with a batch Redis did not take."""
     deadline = time.monotonic() + IDLE_TIMEOUT
     while time.monotonic() < deadline:
         predicted = metric(url, "mnist_images_predicted_total")
@@ -100,7 +102,7 @@ def wait_idle(url: str, client: redis.Redis, keys: Keys) -> None:
         for version in (1, 2, 3):
             pipe.hget(keys.version_stats(MODEL, version), "requests")
         counted = sum(int(n or 0) for n in pipe.execute())
-        if counted + metric(url, "mnist_recorder_dropped_total") >= predicted:
+        if counted + metric(url, "mnist_recorder_dropped_total", 'reason="redis"') >= predicted:
             return
         time.sleep(0.2)
     raise RuntimeError(f"the recorders were still writing after {IDLE_TIMEOUT} s")

@@ -100,6 +100,12 @@ def test_a_full_queue_drops_and_counts_without_blocking(registry: Registry) -> N
     svc.predict("m", IMAGES[:8])  # 16 > 10: dropped, at once
     assert svc.recorder.pending() == 8
     assert dropped("queue_full") - before == 8
+    # Dropped from the log, not from the counts: the version served 16 images.
+    assert svc.recorder.drain() == 8
+    assert read_stats(registry, "m", [1])[1]["requests"] == 16
+    svc.predict("m", IMAGES[:12])  # larger than the whole queue: dropped with nothing queued
+    assert svc.recorder.pending() == 0 and svc.recorder.drain() == 0
+    assert read_stats(registry, "m", [1])[1]["requests"] == 28
 
 
 def test_a_redis_outage_drops_batches_and_predictions_go_on(registry: Registry, keys: Keys) -> None:

@@ -35,7 +35,8 @@ LOGGED = Counter(
 )
 DROPPED = Counter(
     "mnist_recorder_dropped_total",
-    "Images not recorded (log, counters, shadow), by reason: queue_full or redis (unreachable)",
+    "Images not recorded (log, drift profile, shadow), by reason: queue_full (still counted in their"
+    " version's requests) or redis (unreachable)",
     ["reason"],
 )
 SHADOWED = Counter(

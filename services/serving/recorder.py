@@ -8,7 +8,8 @@ sleeps until something is queued, gathers for `FLUSH_SECONDS` (less once the que
 full), takes its oldest `DRAIN_IMAGES` images (a larger answer in slices, the rest left first in
 the queue), and for each model:
 
-- counts the images per version (``requests``) in `Keys.version_stats`, and the live drift
+- counts the images per version (``requests``) in `Keys.version_stats`, those the full queue
+  dropped included (counted in memory, written with the next drain), and the live drift
   profile (``profile:<feature>:<bin>``, shared/drift.py) of a sample of them
   (`MNIST_DRIFT_SAMPLE`: the score compares shares of images per bin, which a random sample
   estimates, at a tenth of the cost by default);
@@ -33,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -161,6 +162,7 @@ class Recorder:
         self.log = PredictionLog(redis, keys, settings.log_maxlen)
         self._queue: deque[_Part] = deque()
         self._images = 0
+        self._unrecorded: Counter[tuple[str, int]] = Counter()  # dropped images per (model, version)
         self._lock = threading.Lock()
         self._wake = threading.Event()  # something is queued
         self._urgent = threading.Event()  # the queue is half full: drain now
@@ -175,13 +177,16 @@ class Recorder:
         n = len(pixels)
         with self._lock:
             full = self._images + n > self.capacity
-            if not full:
+            if full:
+                self._unrecorded[prediction.model, prediction.version] += n
+            else:
                 first = not self._queue
                 self._queue.append(_Part(prediction, pixels))
                 self._images += n
                 urgent = self._images * 2 > self.capacity
         if full:
             child(DROPPED, "queue_full").inc(n)
+            self._wake.set()  # the next drain writes their count, even with nothing queued
             return
         # Only the first answer of a batch wakes the thread: an idle process has no thread polling.
         if first:
@@ -248,6 +253,8 @@ class Recorder:
                     parts.append(part)
                     taken += len(part.pixels)
             self._images -= taken
+            unrecorded, self._unrecorded = self._unrecorded, Counter()
+        self._count_unrecorded(unrecorded)
         by_model: dict[str, list[_Part]] = defaultdict(list)
         for part in parts:
             by_model[part.prediction.model].append(part)
@@ -260,6 +267,19 @@ class Recorder:
         return taken
 
     # --- writing ----------------------------------------------------------------------------------
+    def _count_unrecorded(self, unrecorded: Counter[tuple[str, int]]) -> None:
+        """Add the images the full queue dropped to their versions' ``requests`` (kept if Redis fails)."""
+        if not unrecorded:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for (model, version), count in unrecorded.items():
+            pipe.hincrby(self.keys.version_stats(model, version), "requests", count)
+        try:
+            pipe.execute()
+        except REDIS_ERRORS:
+            with self._lock:
+                self._unrecorded.update(unrecorded)  # one counter per version: bounded
+
     def _write(self, model: str, group: list[_Part]) -> None:
         """Count, log and shadow one model's answers: one pipeline per BATCH_ENTRIES log entries.
 
