@@ -411,6 +411,18 @@ def test_promote_and_roll_back(tab: Tab, server: Server) -> None:
     assert requests.get(alias_url, timeout=10).json()["version"] == 1
     assert tab.page.evaluate("sessionStorage.getItem('mnist.token')") == server.env.token
 
+    # Production split 3:1 (through the API): the banner and the cards show each version's share.
+    split = {"versions": {"1": 3, "2": 1}, "reason": "canary"}
+    r = requests.put(alias_url, json=split, headers=server.env.auth, timeout=10)
+    assert r.status_code == 200, r.text
+    tab.page.reload()
+    tab.page.wait_for_selector("#production-split")
+    assert tab.page.inner_text("#production-split") == "v1 75% · v2 25%"
+    assert tab.page.get_attribute(".version-card[data-version='1']", "data-share") == "0.75"
+    assert tab.page.get_attribute(".version-card[data-version='2']", "data-share") == "0.25"
+    assert tab.page.inner_text(".version-card[data-version='2'] .share") == "25% of production"
+    tab.shot("models-split-desktop")
+
 
 #: Requests routed by production's split (one image each, one routing key each), with feedback.
 ROUTED = 60

@@ -1,4 +1,4 @@
-// Models view: each version's metrics, aliases and lineage; promote to production or roll back.
+// Models view: each version's metrics, aliases, share of a split and lineage; promote to production or roll back.
 import { api } from './api.js';
 import { ago, byId, describeError, duration, h, percent, toast } from './dom.js';
 import { fillModels } from './pickers.js';
@@ -42,27 +42,37 @@ async function render() {
   const info = await api.model(model);
   const details = await Promise.all(info.versions.map((v) => api.version(model, v.version).catch(() => null)));
   const production = info.aliases[ALIAS] ?? null;
-  renderBanner(banner, model, production, info.latest);
-  const cards = info.versions.map((v, i) => versionCard(model, v, details[i], production, info.latest));
+  const split = (info.splits || {})[ALIAS] || null; // {"4": 0.9, "5": 0.1} when production is a split
+  renderBanner(banner, model, production, info.latest, split);
+  const cards = info.versions.map((v, i) => versionCard(model, v, details[i], production, info.latest, split));
   list.replaceChildren(...cards.reverse());
 }
 
-function renderBanner(banner, model, production, latest) {
+function renderBanner(banner, model, production, latest, split) {
   banner.hidden = false;
   const back = rollbacks.get(model);
   banner.replaceChildren(
-    production
-      ? h('span', {}, h('b', {}, ALIAS), ' → ', h('b', { id: 'production-version' }, `v${production}`),
-        h('span', { class: 'muted' }, ' · predictions that name no version use it'))
-      : h('span', {}, 'No ', h('b', {}, ALIAS), ' alias: predictions use the latest version',
-        latest ? ` (v${latest})` : '', '.'),
+    production && split
+      ? h('span', {}, h('b', {}, ALIAS), ' → ', h('b', { id: 'production-split' }, shares(split)),
+        h('span', { class: 'muted' }, ' · a split: predictions that name no version are shared so; the Monitor view changes it'))
+      : production
+        ? h('span', {}, h('b', {}, ALIAS), ' → ', h('b', { id: 'production-version' }, `v${production}`),
+          h('span', { class: 'muted' }, ' · predictions that name no version use it'))
+        : h('span', {}, 'No ', h('b', {}, ALIAS), ' alias: predictions use the latest version',
+          latest ? ` (v${latest})` : '', '.'),
   );
   if (back && back !== production) {
     banner.append(h('button', { class: 'small', id: 'rollback', onclick: () => promote(model, back) }, `Roll back to v${back}`));
   }
 }
 
-function versionCard(model, v, detail, production, latest) {
+// "v4 90% · v5 10%": a split's versions and their shares of the traffic.
+function shares(split) {
+  return Object.entries(split).map(([version, weight]) => `v${version} ${Math.round(weight * 100)}%`).join(' · ');
+}
+
+function versionCard(model, v, detail, production, latest, split) {
+  const share = split ? split[String(v.version)] ?? null : null;
   const m = v.metrics || {};
   const lineage = (detail && detail.lineage) || {};
   const config = lineage.config || {};
@@ -79,11 +89,12 @@ function versionCard(model, v, detail, production, latest) {
     .filter(Boolean).join(' · ');
   return h('article', {
     class: `version-card${isProduction ? ' is-production' : ''}`,
-    dataset: { version: String(v.version), aliases: v.aliases.join(',') },
+    dataset: { version: String(v.version), aliases: v.aliases.join(','), share: share == null ? '' : String(share) },
   },
   h('header', { class: 'version-head' },
     h('span', { class: 'version-number' }, `v${v.version}`),
     v.aliases.map((a) => h('span', { class: `alias${a === ALIAS ? ' production' : ''}` }, a)),
+    share != null ? h('span', { class: 'tag share' }, `${Math.round(share * 100)}% of ${ALIAS}`) : null,
     v.version === latest ? h('span', { class: 'tag' }, 'latest') : null,
     h('span', { class: 'muted', title: v.created_at }, ago(v.created_at)),
     h('span', { class: 'spacer' }),
