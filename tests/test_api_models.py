@@ -41,7 +41,7 @@ def publish(registry: Registry, model: str, n: int) -> list[int]:
 def test_list_and_describe(live: Live, registry: Registry) -> None:
     v1, v2 = publish(registry, "listed", 2)
     models = {m["name"]: m for m in live.get("/v1/models").json()}
-    assert models["listed"] == {"name": "listed", "latest": v2, "versions": 2, "aliases": {}}
+    assert models["listed"] == {"name": "listed", "latest": v2, "versions": 2, "aliases": {}, "splits": {}}
 
     model = live.get("/v1/models/listed").json()
     assert model["name"] == "listed" and model["latest"] == v2 and model["aliases"] == {}
