@@ -37,18 +37,23 @@ def load_compose() -> dict:
     return YAML(typ="safe").load(COMPOSE.read_text())
 
 
-def test_compose_file_passes_the_compose_specification_schema() -> None:
+def check_compose_schema(path: Path) -> None:
+    """Assert that the compose file at `path` passes the Compose specification's JSON schema."""
     result = subprocess.run(
         [
             str(Path(sys.executable).parent / "check-jsonschema"),
             "--builtin-schema",
             "vendor.compose-spec",
-            str(COMPOSE),
+            str(path),
         ],
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_passes_the_compose_specification_schema() -> None:
+    check_compose_schema(COMPOSE)
 
 
 def test_compose_runs_the_procfile_commands() -> None:
@@ -115,17 +120,7 @@ def test_the_sentinel_override_gives_every_process_the_sentinels() -> None:
     from ruamel.yaml import YAML
 
     path = ROOT / "deploy" / "compose.sentinel.yml"
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "check-jsonschema"),
-            "--builtin-schema",
-            "vendor.compose-spec",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    check_compose_schema(path)
     services = YAML(typ="safe").load(path.read_text())["services"]
     sentinels = sorted(name for name in services if name.startswith("sentinel-"))
     assert sentinels == ["sentinel-1", "sentinel-2", "sentinel-3"]
