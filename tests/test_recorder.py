@@ -146,16 +146,21 @@ def test_a_limited_drain_takes_the_oldest_images_first_and_slices_a_large_answer
         np.testing.assert_allclose(entry["probabilities"], big.probabilities[i], rtol=1e-6)
 
 
+def wait_logged(redis_client: redis.Redis, keys: Keys, count: int, timeout: float = 10.0) -> int:
+    """Wait (at most `timeout` s) until model m's log holds `count` entries; return how many it holds."""
+    deadline = time.monotonic() + timeout
+    while (held := redis_client.xlen(keys.prediction_log("m"))) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return held
+
+
 def test_the_thread_writes_by_itself(registry: Registry, redis_client: redis.Redis, keys: Keys) -> None:
     publish(registry, 5)
     svc = service(registry)
     svc.recorder.start()
     try:
         svc.predict("m", IMAGES[:3])
-        deadline = time.monotonic() + 10
-        while redis_client.xlen(keys.prediction_log("m")) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert redis_client.xlen(keys.prediction_log("m")) == 3
+        assert wait_logged(redis_client, keys, 3) == 3
     finally:
         svc.recorder.stop()
 
@@ -350,9 +355,7 @@ def test_a_stop_during_the_pause_still_writes_what_is_queued(
     svc.recorder.start()
     try:
         svc.predict("m", IMAGES[:3])
-        deadline = time.monotonic() + 10
-        while redis_client.xlen(keys.prediction_log("m")) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_logged(redis_client, keys, 3)
         svc.predict("m", IMAGES[:2])  # queued while the thread pauses (or about to)
     finally:
         svc.recorder.stop()
