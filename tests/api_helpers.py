@@ -19,7 +19,7 @@ import requests
 from shared import datasets, serialization
 from shared.keys import Keys
 from shared.registry import Registry
-from tests.live_fixtures import Server, StackEnv, cleanup_rq, new_env, start_server
+from tests.live_fixtures import Server, StackEnv, cleanup_rq, new_env, start_server, start_worker
 from tests.redis_fixtures import delete_prefix
 
 #: Seconds a small training job may take from submission to its end on busy cores.
@@ -89,6 +89,14 @@ class Live:
         r = self.post("/v1/jobs", json=spec, headers=self.auth)
         assert r.status_code == 202, r.text
         return r.json()
+
+    def train(self, spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
+        """Submit `spec`, run it on an RQ worker of its own (stopped afterwards); return the ended view."""
+        worker = start_worker(self.env, tmp)
+        try:
+            return self.wait(self.submit(spec)["id"])
+        finally:
+            worker.stop()
 
     def wait(
         self, job_id: str, timeout: float = JOB_TIMEOUT, until: tuple[str, ...] = (), progress: bool = False

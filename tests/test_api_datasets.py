@@ -20,7 +20,6 @@ from tests.datasets_fixtures import (
     tar_bytes,
     zip_bytes,
 )
-from tests.live_fixtures import start_worker
 
 pytestmark = pytest.mark.slow
 
@@ -68,12 +67,7 @@ def test_upload_list_train_delete(live: Live, tmp_path: Path) -> None:
     again = live.upload("tiny-digits", sample_npz(300, 100), headers=NPZ)
     assert again.status_code == 409 and again.json()["code"] == 409
 
-    worker = start_worker(live.env, tmp_path)
-    try:
-        job = live.submit({**SMALL_JOB, "dataset": "tiny-digits", "model": "tiny", "hidden": [16]})
-        done = live.wait(job["id"])
-    finally:
-        worker.stop()
+    done = live.train({**SMALL_JOB, "dataset": "tiny-digits", "model": "tiny", "hidden": [16]}, tmp_path)
     assert done["status"] == "finished", done
     assert done["dataset"]["digest"] == info["digest"]
     version = live.get(f"/v1/models/tiny/versions/{done['result']['version']}").json()

@@ -24,7 +24,6 @@ from shared.dataset_store import DatasetStore
 from shared.errors import PayloadTooLarge
 from shared.keys import Keys
 from tests.api_helpers import SMALL_JOB, Live, live_stack
-from tests.live_fixtures import start_worker
 
 pytestmark = pytest.mark.slow
 
@@ -166,12 +165,7 @@ def test_a_dataset_from_feedback_trains_a_version_that_carries_its_digest(
     np.testing.assert_array_equal(stored.y_train, np.concatenate([y[:300], sample.y_train]))
     assert stored.x_test is not None and np.array_equal(stored.x_test, sample.x_test)
 
-    worker = start_worker(live.env, tmp_path)
-    try:
-        job = live.submit({**SMALL_JOB, "dataset": "from-loop", "model": "retrained", "hidden": [16]})
-        done = live.wait(job["id"])
-    finally:
-        worker.stop()
+    done = live.train({**SMALL_JOB, "dataset": "from-loop", "model": "retrained", "hidden": [16]}, tmp_path)
     assert done["status"] == "finished", done
     version = live.get(f"/v1/models/retrained/versions/{done['result']['version']}").json()
     lineage = version["lineage"]["dataset"]
